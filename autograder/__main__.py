@@ -1,0 +1,85 @@
+"""Command line of the autograder.
+
+python -m autograder grade SUBMISSION_DIR --results RESULTS_JSON --labels LABELS_DIR
+python -m autograder grade-all SUBMISSIONS_DIR --labels LABELS_DIR --csv grades.csv --jobs N
+"""
+
+import argparse
+import sys
+
+from .grade import GradeOptions, grade
+
+
+def _common(p):
+    p.add_argument(
+        "--labels", required=True, help="folder with the true test_flower.txt / test_pixmo.txt"
+    )
+    p.add_argument("--assignment", help="assignment YAML (default: the packaged/instructor one)")
+    p.add_argument("--timeout", type=float, help="per-exercise wall-clock limit in seconds")
+    p.add_argument(
+        "--no-namespaces",
+        action="store_true",
+        help="do not use Linux namespaces (test the privilege-drop fallback)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run student code even if the sandbox cannot hide the protected paths "
+        "(local experiments only; never for real grading)",
+    )
+
+
+def _options(args, **extra):
+    return GradeOptions(
+        assignment=args.assignment,
+        timeout_s=args.timeout,
+        insecure=args.insecure,
+        namespaces=not args.no_namespaces,
+        **extra,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m autograder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("grade", help="grade one submission folder, exactly as on Gradescope")
+    g.add_argument("submission")
+    g.add_argument("--results", required=True, help="where to write results.json")
+    _common(g)
+    a = sub.add_parser("grade-all", help="grade every sub-folder of SUBMISSIONS_DIR in parallel")
+    a.add_argument("submissions")
+    a.add_argument("--csv", required=True, help="where to write one row per submission")
+    a.add_argument("--jobs", type=int, default=1, help="submissions graded at once")
+    a.add_argument(
+        "--results-dir",
+        help="where to put <name>/results.json (default: <submission>/results.json beside each)",
+    )
+    a.add_argument("--only", nargs="*", help="grade only these sub-folder names")
+    _common(a)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "grade":
+            grade(args.submission, args.results, args.labels, _options(args))
+            return 0
+        from .grade_all import grade_all
+
+        return grade_all(
+            args.submissions,
+            args.labels,
+            args.csv,
+            jobs=args.jobs,
+            results_dir=args.results_dir,
+            only=args.only,
+            options=_options(args, quiet=True),
+        )
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The assignment file: which exercises are student work and what each graded part is worth.
+
+The same YAML file drives the student release (``python -m instructor release``) and the
+grader. In the repository it is ``instructor/assignment.yml``; in the Gradescope zip it is
+copied next to this package as ``autograder/assignment.yml``.
+"""
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+KIT_ROOT = PACKAGE_DIR.parent  # repository root, or /autograder/source in the zip
+
+
+class AssignmentError(Exception):
+    """The assignment file is missing, malformed or inconsistent (one-line message)."""
+
+
+@dataclass
+class PredictionPart:
+    """A prediction file graded by accuracy against hidden labels."""
+
+    file: str
+    name: str
+    number: str
+    points: float
+    threshold: Fraction  # accuracy for full credit, kept exact
+    floor: Fraction  # accuracy at (and below) which credit reaches zero
+    num_classes: int
+    visibility: str = "visible"
+    leaderboard: str = ""
+    max_bytes: int = 1_000_000
+
+
+@dataclass
+class RequiredFile:
+    """A file that must be present in the upload (checked, never run)."""
+
+    file: str
+    name: str
+    number: str
+    points: float = 0.0
+    visibility: str = "visible"
+
+
+@dataclass
+class SandboxLimits:
+    """Limits of the child process that runs student code."""
+
+    timeout_s: float = 60.0  # wall clock per exercise
+    startup_s: float = 90.0  # interpreter + torch import before the first exercise
+    cpu_s: int = 60  # CPU seconds per exercise process
+    memory_mb: int = 2048  # address space the exercise may add on top of torch's
+    max_procs: int = 64  # processes/threads of the sandbox user
+    max_file_mb: int = 32  # largest file the child may write
+    max_output_kb: int = 16  # captured stdout/stderr kept for the report
+
+
+@dataclass
+class Assignment:
+    name: str
+    student_exercises: list
+    exercise_points: dict
+    predictions: list
+    required_files: list
+    release_files: list
+    release_exclude: list
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    path: Path = None
+
+
+def default_assignment_path():
+    """``autograder/assignment.yml`` in the zip, else ``instructor/assignment.yml``."""
+    packaged = PACKAGE_DIR / "assignment.yml"
+    return packaged if packaged.is_file() else KIT_ROOT / "instructor" / "assignment.yml"
+
+
+def _fraction(value, where):
+    try:
+        frac = Fraction(str(value))
+    except (ValueError, ZeroDivisionError):
+        raise AssignmentError(f"{where}: {value!r} is not a number") from None
+    if not 0 <= frac <= 1:
+        raise AssignmentError(f"{where}: {value!r} must lie between 0 and 1")
+    return frac
+
+
+def _known(section, allowed, where):
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise AssignmentError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}"
+        )
+
+
+def load_assignment(path=None):
+    """Parse and validate the assignment YAML file."""
+    path = Path(path) if path else default_assignment_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise AssignmentError(f"{path}: cannot read the assignment ({exc})") from None
+    if not isinstance(raw, dict):
+        raise AssignmentError(f"{path}: expected a mapping at the top level")
+    _known(
+        raw,
+        {
+            "name",
+            "student_exercises",
+            "points",
+            "predictions",
+            "required_files",
+            "release",
+            "sandbox",
+        },
+        str(path),
+    )
+    predictions = []
+    for i, item in enumerate(raw.get("predictions") or []):
+        where = f"{path}: predictions[{i}]"
+        _known(
+            item,
+            {
+                "file",
+                "name",
+                "number",
+                "points",
+                "threshold",
+                "floor",
+                "num_classes",
+                "visibility",
+                "leaderboard",
+                "max_bytes",
+            },
+            where,
+        )
+        threshold = _fraction(item["threshold"], where + ".threshold")
+        floor = _fraction(item.get("floor", 0), where + ".floor")
+        if floor >= threshold:
+            raise AssignmentError(f"{where}: floor must be below the threshold")
+        predictions.append(
+            PredictionPart(
+                file=item["file"],
+                name=item.get("name", item["file"]),
+                number=str(item.get("number", "")),
+                points=float(item["points"]),
+                threshold=threshold,
+                floor=floor,
+                num_classes=int(item["num_classes"]),
+                visibility=item.get("visibility", "visible"),
+                leaderboard=item.get("leaderboard", ""),
+                max_bytes=int(item.get("max_bytes", 1_000_000)),
+            )
+        )
+    required = []
+    for i, item in enumerate(raw.get("required_files") or []):
+        item = {"file": item} if isinstance(item, str) else item
+        _known(
+            item, {"file", "name", "number", "points", "visibility"}, f"{path}: required_files[{i}]"
+        )
+        required.append(
+            RequiredFile(
+                file=item["file"],
+                name=item.get("name", f"{item['file']} present"),
+                number=str(item.get("number", "")),
+                points=float(item.get("points", 0)),
+                visibility=item.get("visibility", "visible"),
+            )
+        )
+    release = raw.get("release") or {}
+    _known(release, {"files", "exclude"}, f"{path}: release")
+    sandbox = raw.get("sandbox") or {}
+    limits = SandboxLimits()
+    _known(sandbox, set(vars(limits)), f"{path}: sandbox")
+    for key, value in sandbox.items():
+        setattr(limits, key, type(getattr(limits, key))(value))
+    return Assignment(
+        name=raw.get("name", "assignment"),
+        student_exercises=list(raw.get("student_exercises") or []),
+        exercise_points={k: float(v) for k, v in (raw.get("points") or {}).items()},
+        predictions=predictions,
+        required_files=required,
+        release_files=list(release.get("files") or []),
+        release_exclude=list(release.get("exclude") or []),
+        limits=limits,
+        path=path,
+    )

@@ -1,0 +1,417 @@
+"""Grade one submission: exercises in the sandbox, prediction files and required files here.
+
+The grader never imports student code. It reads files from the submission with
+symlink-refusing, size-capped opens, runs student code only through
+:func:`autograder.sandbox.run_sandbox`, and compares what comes back with the hidden targets.
+"""
+
+import os
+import signal
+import stat
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import compare, data, sandbox
+from .assignment import KIT_ROOT, load_assignment
+from .declarations import read_declarations
+from .predictions import PredictionError, grade_predictions, parse_lines, read_capped
+from .results import write_results
+
+MAX_SOURCE_BYTES = 2_000_000
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class GradeOptions:
+    """Knobs for local runs and tests (Gradescope uses the defaults)."""
+
+    assignment: str = None
+    timeout_s: float = None  # overrides the per-exercise wall-clock limit
+    startup_s: float = None
+    insecure: bool = False  # run even if the sandbox probe finds the hidden data readable
+    namespaces: bool = True  # use Linux namespaces when available
+    uid: int = sandbox.NOBODY
+    reference_dir: str = None
+    kit_root: str = None
+    quiet: bool = False
+
+
+def find_submission_root(submission, marker="transformer_utils.py"):
+    """The folder holding the upload: itself, or its single sub-folder if zipped in one."""
+    submission = Path(submission)
+    if (submission / marker).exists() or (submission / marker).is_symlink():
+        return submission
+    subdirs = [
+        p
+        for p in submission.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith((".", "__MACOSX"))
+    ]
+    if len(subdirs) == 1 and (subdirs[0] / marker).exists():
+        return subdirs[0]
+    return submission
+
+
+def _test(name, number, score, max_score, output, visibility="visible"):
+    return {
+        "name": name,
+        "number": number,
+        "score": score,
+        "max_score": max_score,
+        "output": output,
+        "visibility": visibility,
+        "status": "passed" if score >= max_score else "failed",
+    }
+
+
+_SIGNALS = {
+    signal.SIGKILL: "was killed (SIGKILL): most likely it exceeded the memory or process limit",
+    signal.SIGXCPU: "exceeded the CPU time limit",
+    signal.SIGXFSZ: "tried to write a file larger than the file size limit",
+    signal.SIGSEGV: "crashed (segmentation fault)",
+    signal.SIGABRT: "aborted (SIGABRT)",
+}
+
+
+def _exercise_message(ex_id, decl, res, limits):
+    """Return (passed, message) for one exercise from the sandbox's evidence."""
+    rec = res.records.get(ex_id)
+    if rec is None:
+        if not res.startup.get("ok"):
+            why = res.startup.get("error") or "no report"
+            return False, (
+                f"The sandbox could not start ({why}); this is a grader problem, "
+                "please tell the course staff."
+            )
+        return False, (
+            "Not run: the sandbox stopped before this exercise (an earlier exercise "
+            "killed it, or the overall time limit was reached)."
+        )
+    if rec.get("timed_out"):
+        return False, (
+            f"Timed out after {limits['timeout_s']:g} s wall-clock (infinite loop, "
+            "or far too slow?). The process and everything it started were killed."
+        )
+    out_dir = res.out_dir / ex_id
+    try:
+        import json
+
+        status = json.loads(data.read_untrusted_text(out_dir / "status.json", 200_000))
+        if not isinstance(status, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        sig = rec.get("signal")
+        if sig:
+            why = _SIGNALS.get(sig, f"was killed by signal {sig}")
+            return False, f"Your code {why}; no output was produced."
+        return False, (
+            f"The exercise process exited (code {rec.get('exit_code')}) before "
+            "reporting: does your code call sys.exit(), os._exit() or kill itself?"
+        )
+    kind = status.get("kind")
+    msg = str(status.get("message", ""))[:1500]
+    tb = str(status.get("traceback", ""))[:2500]
+    if kind == "not_implemented":
+        return False, f"{decl.name} is not implemented yet ({msg})."
+    if kind == "forbidden":
+        return False, f"{decl.name} uses a forbidden torch operation: {msg}"
+    if kind == "memory":
+        return False, f"{decl.name} ran out of memory (limit +{limits['memory_mb']} MB): {msg}"
+    if kind == "skipped":
+        return False, f"The test was skipped (unittest.SkipTest): skipping earns no credit. {msg}"
+    if kind == "exit":
+        return False, f"Your code called sys.exit()/exit() while being graded: {msg}"
+    if kind != "ok":
+        return False, f"{decl.name} raised an error: {msg}\n{tb}"
+    try:
+        outputs = data.load_npz_untrusted(out_dir / "outputs.npz", MAX_OUTPUT_BYTES)
+    except (OSError, ValueError, Exception) as exc:  # any malformed archive is the student's
+        return (
+            False,
+            f"The outputs could not be read back ({type(exc).__name__}: {str(exc)[:200]}).",
+        )
+    return outputs, status.get("types", {})
+
+
+def _exercise_limits(assignment, opts):
+    limits = vars(assignment.limits).copy()
+    if opts.timeout_s is not None:
+        limits["timeout_s"] = float(opts.timeout_s)
+        limits["cpu_s"] = max(1, int(opts.timeout_s))
+    if opts.startup_s is not None:
+        limits["startup_s"] = float(opts.startup_s)
+    return limits
+
+
+def _start_exercises(assignment, decls, sub_root, opts, protected, unwritable):
+    """Start the sandbox on the student's code; returns a state for :func:`_finish_exercises`."""
+    ids = list(assignment.student_exercises)
+    limits = _exercise_limits(assignment, opts)
+    state = {
+        "ids": ids,
+        "limits": limits,
+        "res": None,
+        "error": None,
+        "points": {i: assignment.exercise_points.get(i, decls[i].points) for i in ids},
+    }
+    try:
+        source = read_capped(sub_root / "transformer_utils.py", MAX_SOURCE_BYTES)
+    except PredictionError as exc:
+        state["error"] = f"transformer_utils.py: {exc}. Upload your transformer_utils.py."
+        return state
+    kit_root = Path(opts.kit_root or KIT_ROOT)
+    state["data"] = {
+        i: data.load_exercise(i, opts.reference_dir or data.REFERENCE_DIR) for i in ids
+    }
+    kit_files = {"test_functions.py": (kit_root / "test_functions.py").read_bytes()}
+    state["res"] = sandbox.start_sandbox(
+        [{"id": i, "timeout_s": limits["timeout_s"]} for i in ids],
+        source,
+        kit_files,
+        {i: state["data"][i].inputs_pickle for i in ids},
+        _Limits(limits),
+        protected,
+        unwritable,
+        uid=opts.uid,
+        allow_namespaces=opts.namespaces,
+        require_safe=not opts.insecure,
+    )
+    return state
+
+
+def _finish_exercises(state, decls):
+    """Wait for the sandbox and turn its evidence into one test result per exercise."""
+    tests = []
+    res = state["res"]
+    if res is not None:
+        sandbox.finish_sandbox(res)
+    try:
+        for i in state["ids"]:
+            d = decls[i]
+            points = state["points"][i]
+            if res is None:
+                passed, message = False, state["error"]
+            else:
+                verdict = _exercise_message(i, d, res, state["limits"])
+                if verdict[0] is False:
+                    passed, message = verdict
+                else:
+                    outputs, types = verdict
+                    exd = state["data"][i]
+                    passed, message = compare.check_outputs(
+                        outputs, types, exd.targets, d.rtol, d.atol
+                    )
+                    if not passed:
+                        hint = compare.matching_mistake(
+                            outputs, exd.mistakes, d.rtol * 10, d.atol * 10
+                        )
+                        if hint:
+                            message += f"\nYour output matches a known mistake: {hint}."
+            title = f"{d.number} {d.name} ({i})"
+            tests.append(
+                _test(
+                    title,
+                    d.number,
+                    points if passed else 0.0,
+                    points,
+                    ("Passed: " if passed else "Failed: ") + message,
+                    d.visibility,
+                )
+            )
+    finally:
+        if res is not None:
+            sandbox.cleanup(res)
+    return tests
+
+
+class _Limits:
+    """Attribute view of the limits dict, as run_sandbox expects."""
+
+    def __init__(self, d):
+        self.__dict__.update(d)
+
+
+def describe_protections(res, caps, opts, limits):
+    """Human-readable list of the protections that were active (for stdout and results)."""
+    lines = ["Sandbox protections for this run:"]
+    lines.append(
+        "  - student code runs only in sandbox child processes (one fresh process per "
+        "exercise); the grader never imports it"
+    )
+    if res is None:
+        lines.append("  - (no student code was run)")
+        return "\n".join(lines)
+    probe = res.probe or {}
+    if caps.root and probe.get("uid") not in (None, 0):
+        lines.append(f"  - unprivileged user: uid {probe.get('uid')} [active, verified]")
+    else:
+        lines.append("  - unprivileged user: NOT active (grader is not root)")
+    if caps.namespaces:
+        lines.append(
+            "  - mount namespace with a minimal read-only root (no repository, hidden "
+            "data, labels or results inside) [active]"
+        )
+        lines.append("  - PID namespace (leftover processes die with the sandbox) [active]")
+        lines.append("  - network namespace without interfaces (no network) [active]")
+    else:
+        lines.append(f"  - namespaces: NOT available ({caps.reason}); relying on file permissions")
+        lines.append("  - network isolation: NOT available on this platform")
+    readable = probe.get("readable", [])
+    writable = probe.get("writable", [])
+    if "error" in probe or not probe:
+        lines.append(f"  - protected paths: probe FAILED ({probe.get('error', 'no report')})")
+    elif readable or writable:
+        lines.append(f"  - protected paths: UNSAFE, readable {readable}, writable {writable}")
+    else:
+        lines.append(
+            f"  - hidden data, labels, solution and results unreadable, results file "
+            f"unwritable from the sandbox [verified by probe, "
+            f"{len(opts_protected(res))} paths]"
+        )
+    lines.append(
+        f"  - limits per exercise: {limits['timeout_s']:g} s wall, {limits['cpu_s']} s CPU, "
+        f"+{limits['memory_mb']} MB address space, {limits['max_procs']} processes, "
+        f"{limits['max_file_mb']} MB files; every process of the sandbox user killed "
+        "afterwards"
+    )
+    lines.append(
+        f"  - clean environment, stdin /dev/null, output captured and capped at "
+        f"{limits['max_output_kb']} KB; results returned as .npz (no pickle)"
+    )
+    return "\n".join(lines)
+
+
+def opts_protected(res):
+    return getattr(res, "protected", [])
+
+
+def grade(submission, results_path, labels_dir, options=None):
+    """Grade ``submission``; always leaves a valid results.json at ``results_path``."""
+    opts = options or GradeOptions()
+    start = time.monotonic()
+    results_path = Path(results_path).absolute()
+    write_results(
+        results_path,
+        {"output": "Grading started but did not finish (grader crash or time limit).", "tests": []},
+    )
+    results = {"tests": [], "output": ""}
+    try:
+        results = _grade(
+            Path(submission).absolute(), results_path, Path(labels_dir).absolute(), opts
+        )
+    except KeyboardInterrupt:
+        results["output"] = "Grading was interrupted."
+        raise
+    except Exception as exc:  # the grader's own failure: still a valid results.json
+        results["output"] = (
+            f"The autograder failed ({type(exc).__name__}: {exc}). Please tell the course staff."
+        )
+    finally:
+        results["execution_time"] = time.monotonic() - start
+        write_results(results_path, results)
+    if not opts.quiet:
+        print(summary(results))
+    return results
+
+
+def summary(results):
+    lines = []
+    total = sum(t["score"] for t in results["tests"])
+    max_total = sum(t["max_score"] for t in results["tests"])
+    for t in results["tests"]:
+        lines.append(f"[{t['score']:g}/{t['max_score']:g}] {t['name']}")
+        for line in str(t["output"]).splitlines()[:6]:
+            lines.append(f"      {line}")
+    lines.append(f"Total: {total:g}/{max_total:g}  ({results.get('execution_time', 0):.1f} s)")
+    if results.get("output"):
+        lines.append(results["output"])
+    return "\n".join(lines)
+
+
+def _grade(submission, results_path, labels_dir, opts):
+    assignment = load_assignment(opts.assignment)
+    kit_root = Path(opts.kit_root or KIT_ROOT)
+    decls = read_declarations(kit_root / "test_functions.py")
+    for i in assignment.student_exercises:
+        if i not in decls:
+            raise ValueError(f"exercise {i!r} is not declared in test_functions.py")
+    if not submission.is_dir():
+        raise ValueError(f"submission folder {submission} does not exist")
+    sub_root = find_submission_root(submission)
+    reference_dir = Path(opts.reference_dir or data.REFERENCE_DIR).absolute()
+    protected = sorted(
+        {
+            str(p)
+            for p in (
+                kit_root,
+                data.PACKAGE_DIR,
+                reference_dir,
+                data.PREPARED_DIR,
+                data.cache_dir(),
+                labels_dir,
+                results_path.parent,
+                submission,
+                *(labels_dir / p.file for p in assignment.predictions),
+            )
+        }
+    )
+    unwritable = [str(results_path)]
+    caps = sandbox.detect(opts.namespaces)
+    # Start the sandbox first: its torch import is the slow part, so the checks below overlap.
+    state = _start_exercises(assignment, decls, sub_root, opts, protected, unwritable)
+    try:
+        other_tests, leaderboard = _grade_files(assignment, sub_root, labels_dir)
+    finally:
+        tests = _finish_exercises(state, decls)
+    tests += other_tests
+    res = state["res"]
+    if res is not None:
+        res.protected = protected
+    limits = state["limits"]
+    protections = describe_protections(res, caps, opts, limits)
+    out = [f"Autograder for {assignment.name}.", protections]
+    if res is not None and res.log_bytes > limits["max_output_kb"] * 1024:
+        out.append(
+            f"Your code printed {res.log_bytes} bytes; only the first "
+            f"{limits['max_output_kb']} KB were kept."
+        )
+    if res is not None and not opts.quiet:
+        print("---- sandbox output (capped) ----", file=sys.stderr)
+        print(res.log[-4000:], file=sys.stderr)
+    return {"tests": tests, "output": "\n".join(out), "leaderboard": leaderboard}
+
+
+def _grade_files(assignment, sub_root, labels_dir):
+    """Prediction files and required files (no student code runs)."""
+    tests, leaderboard = [], []
+    for part in assignment.predictions:
+        try:
+            labels = parse_lines(read_capped(labels_dir / part.file, 10_000_000), part.num_classes)
+        except PredictionError as exc:
+            raise ValueError(f"labels {labels_dir / part.file}: {exc}") from None
+        score, accuracy, message = grade_predictions(sub_root / part.file, labels, part)
+        tests.append(_test(part.name, part.number, score, part.points, message, part.visibility))
+        if part.leaderboard:
+            leaderboard.append(
+                {"name": part.leaderboard, "value": accuracy or 0.0, "order": "desc"}
+            )
+    for req in assignment.required_files:
+        path = sub_root / req.file
+        ok = False
+        try:
+            st = os.lstat(path)
+            ok = stat.S_ISREG(st.st_mode) and st.st_size > 0
+        except OSError:
+            pass
+        message = (
+            f"{req.file} found (it is checked, not run)."
+            if ok
+            else f"{req.file} is missing or empty: please upload it."
+        )
+        tests.append(
+            _test(
+                req.name, req.number, req.points if ok else 0.0, req.points, message, req.visibility
+            )
+        )
+    return tests, leaderboard

@@ -1,0 +1,113 @@
+"""Prediction files (``test_flower.txt``, ``test_pixmo.txt``): strict parsing, exact scoring.
+
+Format: one integer class per line. Accepted: a trailing newline, CRLF line ends, a UTF-8
+BOM. Anything else (blank line, header, spaces, signs, out-of-range class, more lines than
+labels) is rejected with its line number. Missing lines at the end count as wrong answers.
+Accuracy = correct / number of labels; the threshold is compared in integer arithmetic.
+"""
+
+import os
+import stat
+from fractions import Fraction
+
+
+class PredictionError(Exception):
+    """The prediction file cannot be graded (message names the line)."""
+
+
+def read_capped(path, max_bytes):
+    """Read a regular file (never a symlink, FIFO or device), refusing oversized files fast."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise PredictionError("file not found in the submission") from None
+    except OSError as exc:
+        raise PredictionError(
+            f"cannot open the file ({exc.strerror}; symbolic links are not accepted)"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PredictionError("not a regular file")
+        if st.st_size > max_bytes:
+            raise PredictionError(f"file too large ({st.st_size} bytes; at most {max_bytes})")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise PredictionError(f"file too large (more than {max_bytes} bytes)")
+    return data
+
+
+def parse_lines(data, num_classes, max_lines=None):
+    """Parse bytes into a list of ints; raise :class:`PredictionError` naming the line."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        bad = next(i for i, b in enumerate(data) if b > 127)
+        line_no = data[:bad].count(b"\n") + 1
+        raise PredictionError(f"line {line_no}: non-ASCII character") from None
+    if text == "":
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the trailing newline
+    values = []
+    for number, line in enumerate(lines, start=1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not (line.isascii() and line.isdigit()):
+            shown = line if len(line) <= 30 else line[:30] + "..."
+            raise PredictionError(
+                f"line {number}: {shown!r} is not a class number (one integer per line)"
+            )
+        value = int(line)
+        if value >= num_classes:
+            raise PredictionError(
+                f"line {number}: class {value} is out of range (0..{num_classes - 1})"
+            )
+        if max_lines is not None and number > max_lines:
+            raise PredictionError(f"line {number}: more predictions than test images ({max_lines})")
+        values.append(value)
+    return values
+
+
+def credit(correct, total, threshold, floor, points):
+    """Points for ``correct`` of ``total``: full at ``threshold``, linear down to 0 at ``floor``.
+
+    ``threshold`` and ``floor`` are Fractions, so ``correct / total >= threshold`` is decided
+    exactly: correct * den >= num * total.
+    """
+    if total <= 0:
+        return 0.0
+    accuracy = Fraction(correct, total)
+    if accuracy >= threshold:
+        return float(points)
+    if accuracy <= floor:
+        return 0.0
+    return float(Fraction(points) * (accuracy - floor) / (threshold - floor))
+
+
+def grade_predictions(pred_path, labels, part):
+    """Return ``(score, accuracy or None, message)`` for one prediction file."""
+    try:
+        data = read_capped(pred_path, part.max_bytes)
+        preds = parse_lines(data, part.num_classes, max_lines=len(labels))
+    except PredictionError as exc:
+        return 0.0, None, f"{part.file}: {exc}. No credit."
+    correct = sum(1 for p, y in zip(preds, labels) if p == y)
+    total = len(labels)
+    score = round(credit(correct, total, part.threshold, part.floor, part.points), 4)
+    accuracy = correct / total if total else 0.0
+    lines = [
+        f"{part.file}: {correct} of {total} correct, accuracy {accuracy:.4f} "
+        f"(full credit at {float(part.threshold):.2f}, zero at or below {float(part.floor):.2f}).",
+    ]
+    if len(preds) < total:
+        lines.append(
+            f"Only {len(preds)} predictions for {total} test images: the missing ones count as wrong."
+        )
+    return score, accuracy, " ".join(lines)

@@ -1,0 +1,352 @@
+"""Run student code in a sandbox child process and collect its (untrusted) outputs.
+
+Layers, strongest first (each is reported by :func:`describe`):
+
+* **namespaces + minimal root** (root with ``unshare``; this machine): fresh mount, PID,
+  network, IPC and UTS namespaces. The child's root file system is a tmpfs holding only
+  read-only binds of the system directories (/usr, /etc, ...), the Python installation, and
+  the sandbox's own box directory: the repository, the hidden data, the labels, the results
+  directory and /root simply do not exist in there. The PID namespace dies with the
+  supervisor, taking leftovers with it; the network namespace has no interfaces.
+* **privilege drop** (grader running as root, e.g. Gradescope): every exercise process runs as
+  an unprivileged user with no supplementary groups and ``no_new_privs``; a probe run as
+  that user before any student code checks that the protected paths are unreadable and the
+  results file unwritable; if not, grading refuses to run student code (``--insecure``
+  overrides, for local experiments only).
+* **always**: rlimits on CPU seconds, address space, processes and file size; a wall-clock
+  timeout; the whole process group and every process of the sandbox user killed afterwards;
+  a clean environment; stdin from /dev/null; stdout/stderr captured and capped; outputs
+  returned as ``.npz`` read with ``allow_pickle=False``.
+"""
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NOBODY = 65534
+CHILD_SCRIPT = Path(__file__).resolve().parent / "sandbox_child.py"
+
+# System directories bound read-only into the minimal root (those that exist).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+_NS_SCRIPT = r"""
+set -eu
+NEW="$1"; BOX="$2"; PY="$3"; CHROOT="$4"; shift 4
+mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev agroot "$NEW"
+robind() { mkdir -p "$NEW$1"; mount --rbind "$1" "$NEW$1"; mount -o remount,bind,ro "$NEW$1"; }
+for d in /usr /bin /sbin /lib /lib32 /lib64 /libx32 /etc; do
+  if [ -L "$d" ]; then ln -s "$(readlink "$d")" "$NEW$d"
+  elif [ -d "$d" ]; then robind "$d"
+  fi
+done
+for d in "$@"; do robind "$d"; done
+mkdir -p "$NEW/box" "$NEW/tmp" "$NEW/dev/shm" "$NEW/proc"
+mount --bind "$BOX" "$NEW/box"
+mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev tmpfs "$NEW/tmp"
+mount -t tmpfs -o mode=1777,size=16m,nosuid,nodev tmpfs "$NEW/dev/shm"
+for n in null zero full random urandom; do
+  touch "$NEW/dev/$n"; mount --bind "/dev/$n" "$NEW/dev/$n"
+done
+mount -t proc -o nosuid,nodev,noexec proc "$NEW/proc"
+cd "$NEW"
+exec "$CHROOT" "$NEW" "$PY" -I -B /box/sandbox_child.py /box/job.json
+"""
+
+
+@dataclass
+class Capabilities:
+    """What this machine lets the grader do."""
+
+    root: bool
+    namespaces: bool
+    reason: str = ""
+
+
+@functools.cache
+def detect(allow_namespaces=True):
+    """Probe once whether we are root and may create namespaces."""
+    root = os.geteuid() == 0
+    if not (root and allow_namespaces):
+        return Capabilities(root, False, "not root" if not root else "disabled by option")
+    unshare, chroot = shutil.which("unshare"), shutil.which("chroot")
+    if not (unshare and chroot):
+        return Capabilities(root, False, "unshare/chroot not found")
+    try:
+        proc = subprocess.run(
+            [
+                unshare,
+                "--mount",
+                "--pid",
+                "--net",
+                "--ipc",
+                "--uts",
+                "--fork",
+                "--kill-child",
+                "true",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Capabilities(root, False, f"unshare failed ({exc})")
+    if proc.returncode != 0:
+        return Capabilities(root, False, "unshare not permitted: " + proc.stderr.decode()[:200])
+    return Capabilities(root, True)
+
+
+def interpreter_dirs():
+    """Directories the child needs for Python and its packages (outside /usr etc.)."""
+    import sysconfig
+
+    import numpy
+
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        dirs.add(sysconfig.get_paths()[key])
+    dirs.add(str(Path(numpy.__file__).resolve().parent.parent))
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("torch")
+        if spec and spec.origin:
+            dirs.add(str(Path(spec.origin).resolve().parent.parent))
+    except (ImportError, ValueError):
+        pass
+    real = sorted({os.path.realpath(d) for d in dirs} | dirs)
+    keep = []
+    for d in real:
+        if not os.path.isdir(d) or any(d == s or d.startswith(s + "/") for s in SYSTEM_DIRS):
+            continue
+        if any(d.startswith(k + "/") for k in keep):
+            continue
+        keep.append(d)
+    return keep
+
+
+@dataclass
+class SandboxResult:
+    """What came back from one sandbox run (all of it untrusted except ``records``)."""
+
+    records: dict = field(default_factory=dict)  # exercise id -> supervisor record
+    probe: dict = field(default_factory=dict)
+    startup: dict = field(default_factory=dict)
+    out_dir: Path = None
+    log: str = ""
+    log_bytes: int = 0
+    timed_out: bool = False
+    returncode: int = None
+    mode: str = ""
+
+
+class _CappedReader(threading.Thread):
+    """Drain a pipe, keeping the first ``cap`` bytes and counting the rest."""
+
+    def __init__(self, stream, cap):
+        super().__init__(daemon=True)
+        self.stream, self.cap = stream, cap
+        self.kept, self.total = bytearray(), 0
+
+    def run(self):
+        while True:
+            chunk = (
+                self.stream.read1(65536)
+                if hasattr(self.stream, "read1")
+                else self.stream.read(65536)
+            )
+            if not chunk:
+                return
+            self.total += len(chunk)
+            room = self.cap - len(self.kept)
+            if room > 0:
+                self.kept += chunk[:room]
+
+
+def kill_user(uid):
+    """Kill every process of ``uid`` (a helper switched to that user runs kill -KILL -1)."""
+    if os.geteuid() != 0 or uid == 0:
+        return
+    kill = shutil.which("kill") or "/bin/kill"
+    for _ in range(2):
+        try:
+            subprocess.run(
+                [kill, "-KILL", "-1"],
+                user=uid,
+                group=uid,
+                extra_groups=[],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+
+def start_sandbox(
+    exercises,
+    student_file,
+    kit_files,
+    inputs,
+    limits,
+    protected,
+    unwritable,
+    uid=NOBODY,
+    allow_namespaces=True,
+    require_safe=True,
+):
+    """Start the sandbox on the student's file and return at once (see :func:`finish_sandbox`).
+
+    ``exercises`` is a list of ``{'id', 'timeout_s'}``; ``student_file`` the student's
+    transformer_utils.py as bytes (already read safely); ``kit_files`` maps trusted file names
+    (test_functions.py) to bytes; ``inputs`` maps an exercise id to the pickled list of case
+    inputs (never targets).
+    """
+    caps = detect(allow_namespaces)
+    drop = caps.root
+    work = Path(tempfile.mkdtemp(prefix="autograder-"))
+    os.chmod(work, 0o711)
+    box = work / "box"
+    box.mkdir(mode=0o755)
+    for sub in ("kit", "student", "inputs"):
+        (box / sub).mkdir(mode=0o755)
+    (box / "student" / "transformer_utils.py").write_bytes(student_file)
+    for name, data in kit_files.items():
+        (box / "kit" / name).write_bytes(data)
+    for ex_id, data in inputs.items():
+        (box / "inputs" / f"{ex_id}.pkl").write_bytes(data)
+    shutil.copyfile(CHILD_SCRIPT, box / "sandbox_child.py")
+    (box / "out").mkdir(mode=0o755)
+    (box / "rec").mkdir(mode=0o700)  # supervisor records: root only
+    for ex in exercises:
+        d = box / "out" / ex["id"]
+        d.mkdir(mode=0o700)
+        if drop:
+            os.chown(d, uid, uid)
+    box_in_child = "/box" if caps.namespaces else str(box)
+    job = {
+        "require_safe": require_safe,
+        "uid": uid if drop else os.getuid(),
+        "gid": uid if drop else os.getgid(),
+        "exercises": exercises,
+        "limits": vars(limits) if not isinstance(limits, dict) else limits,
+        "protected": [str(p) for p in protected],
+        "unwritable": [str(p) for p in unwritable],
+        "kit": f"{box_in_child}/kit",
+        "student": f"{box_in_child}/student",
+        "inputs": f"{box_in_child}/inputs",
+        "out": f"{box_in_child}/out",
+        "rec": f"{box_in_child}/rec",
+    }
+    (box / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    python = os.path.realpath(sys.executable)
+    if caps.namespaces:
+        newroot = work / "root"
+        newroot.mkdir(mode=0o755)
+        cmd = [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--net",
+            "--ipc",
+            "--uts",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            _NS_SCRIPT,
+            "sandbox",
+            str(newroot),
+            str(box),
+            python,
+            shutil.which("chroot"),
+            *interpreter_dirs(),
+        ]
+        mode = "namespaces"
+    else:
+        cmd = [python, "-I", "-B", str(box / "sandbox_child.py"), str(box / "job.json")]
+        mode = "privilege-drop" if drop else "unprivileged"
+    result = SandboxResult(out_dir=box / "out", mode=mode)
+    result.work, result.uid, result.drop = work, uid, drop
+    result.deadline = limits.startup_s + sum(ex["timeout_s"] + 5 for ex in exercises)
+    result.started = time.monotonic()
+    result.proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=str(work),
+        start_new_session=True,
+        close_fds=True,
+    )
+    result.reader = _CappedReader(result.proc.stdout, limits.max_output_kb * 1024)
+    result.reader.start()
+    return result
+
+
+def finish_sandbox(result):
+    """Wait for the sandbox (killing it at its deadline), kill leftovers, read the records."""
+    proc = result.proc
+    try:
+        remaining = result.deadline - (time.monotonic() - result.started)
+        result.returncode = proc.wait(timeout=max(remaining, 0.1))
+    except subprocess.TimeoutExpired:
+        result.timed_out = True
+    finally:
+        try:
+            os.killpg(proc.pid, 9)
+        except OSError:
+            pass
+        proc.wait()
+        if result.drop:
+            kill_user(result.uid)
+    result.reader.join(timeout=5)
+    result.log = result.reader.kept.decode("utf-8", "replace")
+    result.log_bytes = result.reader.total
+    rec_dir = result.work / "box" / "rec"
+    for name in os.listdir(rec_dir):
+        if name.endswith(".json"):
+            try:
+                data = json.loads((rec_dir / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if name == "probe.json":
+                result.probe = data
+            elif name == "startup.json":
+                result.startup = data
+            else:
+                result.records[name[:-5]] = data
+    return result
+
+
+def run_sandbox(*args, **kwargs):
+    """:func:`start_sandbox` then :func:`finish_sandbox`."""
+    return finish_sandbox(start_sandbox(*args, **kwargs))
+
+
+def cleanup(result):
+    """Remove the sandbox's working directory (after the outputs were read)."""
+    work = getattr(result, "work", None)
+    if work and Path(work).exists():
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,345 @@
+"""Sandbox supervisor: the ONLY autograder code that runs inside the sandbox.
+
+This file is copied into the sandbox's box directory and started by ``autograder.sandbox``
+(as root inside fresh mount/PID/network namespaces and a minimal root file system when the
+platform allows it). It never imports the autograder package and never sees the hidden
+targets, the labels or the results file.
+
+Lifecycle:
+1. probe: a forked, unprivileged process tries to read every protected path and to write
+   the results file; the outcome goes to ``rec/probe.json`` (root-only), so the grader can
+   say which protections really held.
+2. import torch once (the expensive part), with no student code loaded yet;
+3. per exercise: fork a FRESH process, drop it to the sandbox user with rlimits, import the
+   student's transformer_utils and the kit's trusted test_functions there, run
+   ``RUNNERS[id](tu, case_input)`` on each case, save the outputs as ``.npy`` arrays in an
+   ``.npz`` archive (never pickle) and a small status JSON; the supervisor enforces the
+   wall-clock timeout and then kills every process of the sandbox user (leftovers included)
+   and records how the process ended in ``rec/<id>.json``.
+
+Everything the exercise process writes is untrusted: the grader checks types, shapes,
+dtypes and values itself, against targets this process never had.
+"""
+
+import json
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+
+JOB = json.load(open(sys.argv[1], encoding="utf-8"))
+UID, GID = JOB["uid"], JOB["gid"]
+DROP = os.getuid() == 0 and UID != 0
+
+
+T0 = time.monotonic()
+
+
+def _say(msg):
+    sys.stdout.write(f"[sandbox {time.monotonic() - T0:6.2f}s] {msg}\n")
+    sys.stdout.flush()
+
+
+def _set_no_new_privs():
+    """prctl(PR_SET_NO_NEW_PRIVS): setuid binaries can no longer raise privileges."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(38, 1, 0, 0, 0) == 0
+    except Exception:
+        return False
+
+
+def _vm_size_bytes():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def drop_privileges(limits):
+    """Apply the rlimits, then become the unprivileged sandbox user for good."""
+    os.setsid()  # own session and process group: the whole group can be killed
+    mb = 1024 * 1024
+    rl = [
+        (resource.RLIMIT_CPU, limits["cpu_s"], limits["cpu_s"] + 1),
+        (resource.RLIMIT_FSIZE, limits["max_file_mb"] * mb, limits["max_file_mb"] * mb),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_NOFILE, 1024, 1024),
+    ]
+    if limits["memory_mb"] > 0:
+        # torch already maps a lot of (mostly shared) address space: allow that plus the budget
+        cap = _vm_size_bytes() + limits["memory_mb"] * mb
+        rl.append((resource.RLIMIT_AS, cap, cap))
+    if DROP:
+        # counted per user, so it only bites once we are the sandbox user
+        rl.append((resource.RLIMIT_NPROC, limits["max_procs"], limits["max_procs"]))
+    for which, soft, hard in rl:
+        resource.setrlimit(which, (soft, hard))
+    if DROP:
+        os.setgroups([])
+        os.setresgid(GID, GID, GID)
+        os.setresuid(UID, UID, UID)
+        if os.getuid() != UID or os.geteuid() != UID:
+            os._exit(97)
+    _set_no_new_privs()
+
+
+def kill_sandbox_user():
+    """Kill every process of the sandbox user (leftovers, daemons, fork storms)."""
+    if not DROP:
+        return
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setresuid(UID, UID, UID)
+                os.kill(-1, signal.SIGKILL)  # all processes this user may signal, not us
+            except BaseException:
+                pass
+            os._exit(0)
+        os.waitpid(pid, 0)
+    reap()
+
+
+def reap():
+    """Collect zombies (we may be PID 1 of the namespace)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- 1. probe
+def probe():
+    """Check, as the sandbox user, that the protected paths are out of reach."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        report = {"uid": None, "readable": [], "writable": []}
+        try:
+            drop_privileges(JOB["limits"])
+            report["uid"] = os.getuid()
+            for path in JOB["protected"]:
+                try:
+                    if os.path.isdir(path):
+                        os.listdir(path)
+                    else:
+                        with open(path, "rb") as fh:
+                            fh.read(1)
+                    report["readable"].append(path)
+                except OSError:
+                    pass
+            for path in JOB["unwritable"]:
+                try:
+                    with open(path, "ab"):
+                        pass
+                    report["writable"].append(path)
+                except OSError:
+                    pass
+        except BaseException as exc:  # report, never crash silently
+            report["error"] = repr(exc)
+        os.write(w, json.dumps(report).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    kill_sandbox_user()
+    try:
+        report = json.loads(data)
+    except ValueError:
+        report = {"error": "probe gave no answer"}
+    write_json(os.path.join(JOB["rec"], "probe.json"), report)
+    return report
+
+
+# ---------------------------------------------------------------- 2. exercise process
+def _flatten(obj, prefix, out, types):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        types[prefix] = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        out[prefix] = torch.Tensor.numpy(torch.Tensor.cpu(torch.Tensor.detach(obj)))
+    elif isinstance(obj, (tuple, list)):
+        for i, item in enumerate(obj):
+            _flatten(item, f"{prefix}/{i}", out, types)
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            _flatten(obj[key], f"{prefix}/{key}", out, types)
+    else:
+        types[prefix] = f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _classify(exc):
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, NotImplementedError):
+        return "not_implemented"
+    if "forbidden" in name.lower() or "forbidden" in text.lower()[:200]:
+        return "forbidden"
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text:
+        return "memory"
+    if name == "SkipTest":
+        return "skipped"
+    if isinstance(exc, SystemExit):
+        return "exit"
+    return "error"
+
+
+def run_exercise(ex):
+    """Body of the fresh exercise process (already unprivileged)."""
+    out_dir = os.path.join(JOB["out"], ex["id"])
+    status = {"kind": "error", "message": "", "types": {}}
+
+    def finish():
+        write_json(os.path.join(out_dir, "status.json"), status)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    try:
+        import pickle
+
+        import numpy as np
+        import torch
+
+        os.chdir(out_dir)
+        sys.path.insert(1, JOB["student"])  # after the kit folder: the kit's files win
+        stage = "importing transformer_utils.py"
+        import transformer_utils as tu
+
+        tf = sys.modules["test_functions"]  # the kit's trusted copy, imported before the fork
+
+        with open(os.path.join(JOB["inputs"], ex["id"] + ".pkl"), "rb") as fh:
+            cases = pickle.load(fh)
+        runner = tf.RUNNERS[ex["id"]]
+        arrays, types = {}, {}
+        for i, case_input in enumerate(cases):
+            stage = f"running case {i}"
+            torch.manual_seed(0)
+            with tf.forbidden_ops(ex["id"]):
+                result = runner(tu, case_input)
+            _flatten(result, f"c{i}", arrays, types)
+        status["types"] = types
+        stage = "saving the outputs"
+        # only plain numeric arrays go back; np.savez refuses nothing, the grader checks
+        np.savez(
+            os.path.join(out_dir, "outputs.npz"), **{k: np.asarray(v) for k, v in arrays.items()}
+        )
+        status["kind"] = "ok"
+    except BaseException as exc:
+        status["kind"] = _classify(exc)
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        status["message"] = (
+            f"{type(exc).__name__} while {locals().get('stage', 'starting')}: {exc}"[:2000]
+        )
+        status["traceback"] = "".join(tb[-6:])[-3000:]
+    finish()
+
+
+def main():
+    os.umask(0o022)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    report = probe()
+    _say("probe done")
+    unsafe = report.get("error") or report.get("readable") or report.get("writable")
+    if JOB["require_safe"] and unsafe:
+        write_json(
+            os.path.join(JOB["rec"], "startup.json"),
+            {
+                "error": "refusing to run student code: the sandbox user can reach protected paths "
+                f"({report})"
+            },
+        )
+        return
+    try:
+        import io  # noqa: F401,E401  (warm the caches)
+
+        import numpy  # noqa: F401
+        import torch
+
+        torch.set_num_threads(1)
+        # The kit's trusted test_functions (it imports transformer_utils lazily, so no student
+        # code runs here); one pass through forbidden_ops loads torch's lazy modules once
+        # instead of once per exercise process.
+        sys.path.insert(0, JOB["kit"])
+        import test_functions as tf
+
+        for ex in JOB["exercises"]:
+            with tf.forbidden_ops(ex["id"]):
+                torch.nn.functional.softmax(torch.ones(2, 3) @ torch.ones(3, 2), dim=-1).sum()
+    except BaseException as exc:
+        write_json(os.path.join(JOB["rec"], "startup.json"), {"error": repr(exc)})
+        raise
+    write_json(os.path.join(JOB["rec"], "startup.json"), {"ok": True})
+    _say("torch imported")
+    for ex in JOB["exercises"]:
+        _say(f"running exercise {ex['id']}")
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                drop_privileges(JOB["limits"])
+                run_exercise(ex)
+            finally:
+                os._exit(98)
+        timed_out, status = False, None
+        deadline = start + ex["timeout_s"]
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                _, status = os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        kill_sandbox_user()
+        rec = {
+            "timed_out": timed_out,
+            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            "wall_s": round(time.monotonic() - start, 3),
+            "cpu_children_s": round(usage.ru_utime + usage.ru_stime, 3),
+        }
+        write_json(os.path.join(JOB["rec"], ex["id"] + ".json"), rec)
+    _say("all exercises done")
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    os._exit(0)
