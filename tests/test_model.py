@@ -1,0 +1,132 @@
+"""PixMo models: the baseline really applies its encoder; the point model really uses the point."""
+
+import pytest
+import torch
+
+import model as pixmo_model
+from model import (
+    PixMoModel,
+    PointPixMoModel,
+    ResNet34Trunk,
+    WeightsError,
+    build_pixmo_model,
+    load_resnet34_weights,
+)
+
+SIZE = 64  # small images keep the CPU tests fast; the models accept any multiple of 32
+
+
+def batch(seed=0, count=3):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(count, 3, SIZE, SIZE, generator=generator)
+    points = torch.rand(count, 2, generator=generator) * SIZE
+    return images, points
+
+
+def test_baseline_applies_its_encoder_and_trains_only_layer4():
+    torch.manual_seed(0)
+    net = PixMoModel(num_classes=20)
+    images, points = batch()
+    logits = net(images, points)
+    assert logits.shape == (3, 20)
+    logits.logsumexp(dim=1).sum().backward()
+    for name, param in net.encoder.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"encoder {name} unused"
+    trainable = {
+        n.split(".")[1] for n, p in net.backbone.named_parameters(prefix="b") if p.requires_grad
+    }
+    assert trainable == {"layer4"}
+    # The backbone is a registered submodule: in the state dict, moved by .to(), no override.
+    assert any(k.startswith("backbone.layer4.") for k in net.state_dict())
+    assert net.to(torch.float64) is net and net.backbone.conv1.weight.dtype == torch.float64
+
+
+def test_baseline_encoder_changes_the_output():
+    """Zeroing the encoder's output projections changes the logits: the encoder is in the path."""
+    torch.manual_seed(0)
+    net = PixMoModel(num_classes=20).eval()
+    images, points = batch()
+    with torch.no_grad():
+        before = net(images, points)
+        for layer in net.encoder.layers:
+            layer.linear2.weight.mul_(3.0)
+        after = net(images, points)
+    assert not torch.allclose(before, after)
+
+
+def test_point_model_prediction_depends_on_the_point():
+    torch.manual_seed(0)
+    net = PointPixMoModel(num_classes=20, crop_size=32).eval()
+    images, points = batch(count=4)
+    with torch.no_grad():
+        here = net(images, points)
+        there = net(images, (points + torch.tensor([20.0, -15.0])).clamp(0, SIZE))
+        again = net(images, points)
+    assert torch.equal(here, again)  # deterministic in eval mode
+    assert (here - there).abs().max() > 1e-3  # another point, another prediction
+
+
+@pytest.mark.parametrize("crop_stream", [True, False])
+def test_point_model_trains_its_point_parts(crop_stream):
+    torch.manual_seed(0)
+    net = PointPixMoModel(num_classes=20, crop_stream=crop_stream, crop_size=32)
+    images, points = batch()
+    net(images, points).logsumexp(dim=1).sum().backward()
+    for part in (net.point_embed, net.offset_embed, net.mid_proj, net.encoder):
+        for name, param in part.named_parameters():
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert net.backbone.layer4[0].conv1.weight.grad is not None
+    assert net.backbone.layer3[0].conv1.weight.grad is None  # frozen, as in the assignment
+
+
+def test_gpu_settings_run_on_cpu():
+    """The CUDA path (channels_last + bf16 autocast) in a tiny CPU run: it executes."""
+    torch.manual_seed(0)
+    for kind in ("baseline", "point"):
+        net = build_pixmo_model(kind, crop_size=32) if kind == "point" else build_pixmo_model(kind)
+        net = net.to(memory_format=torch.channels_last)
+        images, points = batch()
+        images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = net(images, points)
+        assert logits.shape == (3, 20) and torch.isfinite(logits.float()).all()
+        logits.float().sum().backward()
+    with pytest.raises(ValueError, match="unknown model"):
+        build_pixmo_model("nope")
+
+
+def test_weights_from_a_local_file(tmp_path):
+    reference = ResNet34Trunk()
+    state = {
+        **reference.state_dict(),
+        "fc.weight": torch.zeros(1000, 512),
+        "fc.bias": torch.zeros(1000),
+    }
+    torch.save(state, tmp_path / "r34.pth")
+    trunk = ResNet34Trunk()
+    lines = []
+    assert load_resnet34_weights(trunk, tmp_path / "r34.pth", log=lines.append)
+    assert torch.equal(trunk.conv1.weight, reference.conv1.weight) and len(lines) == 1
+    trunk.train()  # pretrained frozen stages keep their BatchNorm statistics
+    assert not trunk.layer3.training and trunk.layer4.training
+
+    with pytest.raises(WeightsError, match="not found"):
+        load_resnet34_weights(ResNet34Trunk(), tmp_path / "missing.pth")
+    (tmp_path / "bad.pth").write_bytes(b"junk")
+    with pytest.raises(WeightsError, match="not a readable"):
+        load_resnet34_weights(ResNet34Trunk(), tmp_path / "bad.pth")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(WeightsError, match="not a ResNet-34"):
+        load_resnet34_weights(ResNet34Trunk(), tmp_path / "wrong.pth")
+
+
+def test_offline_without_weights_warns_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # empty cache
+    lines = []
+    trunk = ResNet34Trunk()
+    assert not load_resnet34_weights(trunk, None, download=False, log=lines.append)
+    assert len(lines) == 1 and "RANDOMLY initialised" in lines[0]
+    assert not trunk.pretrained
+    trunk.train()
+    assert trunk.layer3.training  # random frozen stages normalise with batch statistics
+    assert pixmo_model.resnet34_cache_path() == tmp_path / "checkpoints" / "resnet34-b627a593.pth"
