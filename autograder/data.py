@@ -29,6 +29,9 @@ REFERENCE_DIR = PACKAGE_DIR / "reference_data"
 PREPARED_DIR = PACKAGE_DIR / "prepared"
 
 
+FORMAT = b"prepared-v2\n"  # bump when the prepared layout changes (invalidates caches)
+
+
 class DataError(Exception):
     """Hidden reference data missing or unreadable."""
 
@@ -52,6 +55,18 @@ def flatten(obj, prefix, out):
     return out
 
 
+def encode_inputs(obj):
+    """Replace torch tensors by ``{"__tensor__": ndarray}`` so the pickle is deterministic
+    (pickled tensors embed random storage keys); the sandbox turns them back into tensors."""
+    if hasattr(obj, "detach") and hasattr(obj, "numpy"):
+        return {"__tensor__": obj.detach().cpu().numpy()}
+    if isinstance(obj, dict):
+        return type(obj)((k, encode_inputs(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(encode_inputs(v) for v in obj)
+    return obj
+
+
 def _sources(ex_id, reference_dir):
     main = Path(reference_dir) / f"{ex_id}.pkl"
     mistakes = Path(reference_dir) / f"{ex_id}_mistakes.pkl"
@@ -59,7 +74,7 @@ def _sources(ex_id, reference_dir):
         raise DataError(
             f"hidden reference data {main} is missing; run python -m instructor.reference_data"
         )
-    digest = hashlib.sha256(main.read_bytes())
+    digest = hashlib.sha256(FORMAT + main.read_bytes())
     if mistakes.is_file():
         digest.update(mistakes.read_bytes())
     return main, mistakes if mistakes.is_file() else None, digest.hexdigest()[:20]
@@ -86,7 +101,9 @@ def prepare(ex_id, out_dir, reference_dir=REFERENCE_DIR):
                 flatten(value, f"m{descriptions.index(desc)}/c{i}", mistake_arrays)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "inputs.pkl").write_bytes(pickle.dumps([c["input"] for c in cases], protocol=4))
+    (out_dir / "inputs.pkl").write_bytes(
+        pickle.dumps([encode_inputs(c["input"]) for c in cases], protocol=4)
+    )
     np.savez(out_dir / "targets.npz", **targets)
     np.savez(out_dir / "mistakes.npz", **mistake_arrays)
     (out_dir / "mistakes.json").write_text(json.dumps(descriptions), encoding="utf-8")

@@ -194,6 +194,19 @@ def _flatten(obj, prefix, out, types):
         types[prefix] = f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def _decode(obj):
+    """Inverse of autograder.data.encode_inputs: ``{"__tensor__": ndarray}`` -> tensor."""
+    import torch
+
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return torch.from_numpy(obj["__tensor__"].copy())
+        return type(obj)((k, _decode(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_decode(v) for v in obj)
+    return obj
+
+
 def _classify(exc):
     name = type(exc).__name__
     text = str(exc)
@@ -235,7 +248,7 @@ def run_exercise(ex):
         tf = sys.modules["test_functions"]  # the kit's trusted copy, imported before the fork
 
         with open(os.path.join(JOB["inputs"], ex["id"] + ".pkl"), "rb") as fh:
-            cases = pickle.load(fh)
+            cases = _decode(pickle.load(fh))
         runner = tf.RUNNERS[ex["id"]]
         arrays, types = {}, {}
         for i, case_input in enumerate(cases):

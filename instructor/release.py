@@ -1,0 +1,250 @@
+"""``python -m instructor release OUT_DIR``: write the student starter from this repository.
+
+What ships: the top-level files listed under ``release.files`` in the assignment (those that
+exist), with every *student* exercise's solution region replaced by a stub that raises
+``NotImplementedError``, the regions of "given" exercises kept (marker lines removed), the
+instructor-only section of README.md removed, and the public ``test_data/*.pkl``. Every
+tracked top-level entry must be listed in ``release.files`` or ``release.exclude``, so a new
+file can neither leak nor be forgotten. Files are written in a fixed order with fixed
+permissions and timestamps: two releases of the same commit are byte-identical.
+"""
+
+import ast
+import io
+import os
+import re
+import shutil
+import subprocess
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+
+from autograder.assignment import KIT_ROOT, load_assignment
+from autograder.declarations import read_declarations
+
+FIXED_MTIME = 315532800  # 1980-01-01, the earliest time a zip file can hold
+ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+MARKER_RE = re.compile(r"#\s*(BEGIN|END)\s+SOLUTION\b(.*)$", re.IGNORECASE)
+README_BLOCK = re.compile(r"<!-- BEGIN instructor -->.*?<!-- END instructor -->\n?", re.DOTALL)
+
+
+class ReleaseError(Exception):
+    """The release cannot be built (message names the file and line)."""
+
+
+@dataclass
+class Region:
+    exercise: str
+    begin: int  # 1-based line of "# BEGIN SOLUTION"
+    end: int  # 1-based line of "# END SOLUTION"
+    indent: str
+
+
+def find_regions(source, filename):
+    """Parse the solution markers of a Python source; raise ReleaseError on malformed ones.
+
+    Only real comments count (``tokenize``), so marker examples inside docstrings are ignored.
+    """
+    lines = source.splitlines()
+    regions, open_region = [], None
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise ReleaseError(f"{filename}: cannot tokenize ({exc})") from None
+    for tok in tokens:
+        if tok.type != tokenize.COMMENT:
+            continue
+        m = MARKER_RE.match(tok.string)
+        if not m:
+            continue
+        row = tok.start[0]
+        where = f"{filename}:{row}"
+        line = lines[row - 1]
+        indent = line[: len(line) - len(line.lstrip())]
+        if line.strip() != tok.string.strip():
+            raise ReleaseError(f"{where}: solution marker must be a whole comment line")
+        kind, rest = m.group(1), m.group(2).strip()
+        if kind == "BEGIN":
+            if not tok.string.startswith("# BEGIN SOLUTION ") or not ID_RE.match(rest):
+                raise ReleaseError(
+                    f"{where}: expected '# BEGIN SOLUTION <exercise_id>' with one "
+                    f"lower_snake_case id, got {tok.string.strip()!r}"
+                )
+            if open_region:
+                raise ReleaseError(
+                    f"{where}: BEGIN SOLUTION inside the region opened at line "
+                    f"{open_region.begin} (regions cannot nest; is an END SOLUTION missing?)"
+                )
+            open_region = Region(rest, row, -1, indent)
+        else:
+            if tok.string.strip() != "# END SOLUTION":
+                raise ReleaseError(
+                    f"{where}: expected '# END SOLUTION', got {tok.string.strip()!r}"
+                )
+            if not open_region:
+                raise ReleaseError(f"{where}: END SOLUTION without a matching BEGIN SOLUTION")
+            if indent != open_region.indent:
+                raise ReleaseError(
+                    f"{where}: END SOLUTION is not at the indentation of its BEGIN SOLUTION "
+                    f"(line {open_region.begin})"
+                )
+            open_region.end = row
+            regions.append(open_region)
+            open_region = None
+    if open_region:
+        raise ReleaseError(
+            f"{filename}:{open_region.begin}: BEGIN SOLUTION {open_region.exercise} is never closed"
+        )
+    return regions
+
+
+def _enclosing_function(tree, line):
+    """Qualified name (Class.method) of the innermost function containing ``line``."""
+    best = None
+
+    def visit(node, prefix):
+        nonlocal best
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                inside = child.lineno < line <= (child.end_lineno or child.lineno)
+                if inside and not isinstance(child, ast.ClassDef):
+                    best = name
+                if inside:
+                    visit(child, name + ".")
+
+    visit(tree, "")
+    return best
+
+
+def stub_source(source, filename, student, declarations):
+    """Return ``(new_source, ids_found)``: student regions stubbed, given regions unmarked."""
+    regions = find_regions(source, filename)
+    if not regions:
+        return source, set()
+    tree = ast.parse(source, filename=filename)
+    lines = source.splitlines(keepends=True)
+    out, pos = [], 0
+    for r in regions:
+        out.extend(lines[pos : r.begin - 1])
+        body = lines[r.begin : r.end - 1]
+        if r.exercise in student:
+            func = _enclosing_function(tree, r.begin)
+            if func is None:
+                raise ReleaseError(
+                    f"{filename}:{r.begin}: the solution region of student exercise "
+                    f"{r.exercise!r} must be inside a function body"
+                )
+            decl = declarations.get(r.exercise)
+            number = f" (exercise {decl.number})" if decl else ""
+            test = decl.test if decl else f"test_{r.exercise}"
+            message = (
+                f"{func} is not implemented yet{number}: write your code between YOUR CODE "
+                f"START and YOUR CODE END in {Path(filename).name}, then run "
+                f"python -m unittest test_functions.TestClass.{test} -v"
+            )
+            out.append(f"{r.indent}# ---- YOUR CODE START ({r.exercise}) ----\n")
+            literal = f'"{message}"' if '"' not in message else repr(message)
+            out.append(f"{r.indent}raise NotImplementedError({literal})\n")
+            out.append(f"{r.indent}# ---- YOUR CODE END ----\n")
+        else:
+            out.extend(body)
+        pos = r.end
+    out.extend(lines[pos:])
+    new = "".join(out)
+    try:
+        ast.parse(new, filename=filename)
+    except SyntaxError as exc:
+        raise ReleaseError(
+            f"{filename}:{exc.lineno}: the stubbed file is not valid Python ({exc.msg})"
+        ) from None
+    if find_regions(new, filename):
+        raise ReleaseError(f"{filename}: solution markers left after stubbing")
+    return new, {r.exercise for r in regions}
+
+
+def tracked_top_level(root):
+    """Top-level entries tracked by git (files and folders), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    names = {p.split("/", 1)[0] for p in out.stdout.decode().split("\0") if p}
+    return sorted(names)
+
+
+def check_listing(assignment, root):
+    """Every tracked top-level entry must be shipped or excluded, explicitly."""
+    tracked = tracked_top_level(root)
+    if tracked is None:
+        return []
+    listed = set(assignment.release_files) | set(assignment.release_exclude)
+    return [name for name in tracked if name not in listed]
+
+
+def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
+    """Write the student tree into ``out_dir``; return the list of files written."""
+    root = Path(root)
+    assignment = load_assignment(assignment_path or root / "instructor" / "assignment.yml")
+    unlisted = check_listing(assignment, root)
+    if unlisted:
+        raise ReleaseError(
+            f"{assignment.path}: top-level entries neither shipped nor excluded: "
+            f"{', '.join(unlisted)}; add each to release.files or release.exclude"
+        )
+    both = set(assignment.release_files) & set(assignment.release_exclude)
+    if both:
+        raise ReleaseError(
+            f"{assignment.path}: listed as shipped AND excluded: {', '.join(sorted(both))}"
+        )
+    declarations = read_declarations(root / "test_functions.py")
+    student = set(assignment.student_exercises)
+    unknown = student - set(declarations)
+    if unknown:
+        raise ReleaseError(
+            f"{assignment.path}: student exercise(s) {', '.join(sorted(unknown))} not declared "
+            f"in test_functions.py (known: {', '.join(declarations)})"
+        )
+    files = {}  # relative path -> bytes
+    found_ids = set()
+    for name in assignment.release_files:
+        path = root / name
+        if not path.exists():
+            continue
+        if not path.is_file():
+            raise ReleaseError(f"{path}: release.files lists only files; folders are not supported")
+        data = path.read_bytes()
+        if name.endswith(".py"):
+            text, ids = stub_source(data.decode("utf-8"), name, student, declarations)
+            found_ids |= ids
+            data = text.encode("utf-8")
+        elif name == "README.md":
+            data = README_BLOCK.sub("", data.decode("utf-8")).encode("utf-8")
+        files[name] = data
+    missing = student - found_ids
+    if missing:
+        raise ReleaseError(
+            f"student exercise(s) {', '.join(sorted(missing))} have no solution region in the "
+            "shipped files"
+        )
+    for pkl in sorted((root / "test_data").glob("*.pkl")):
+        files[f"test_data/{pkl.name}"] = pkl.read_bytes()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise ReleaseError(
+                f"{out_dir} exists and is not empty; choose a new folder or use --force"
+            )
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for rel in sorted(files):
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(files[rel])
+        executable = os.access(root / rel, os.X_OK) or rel.endswith((".sh", ".sbatch"))
+        os.chmod(target, 0o755 if executable else 0o644)
+    for dirpath, _, filenames in os.walk(out_dir):
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), (FIXED_MTIME, FIXED_MTIME))
+        os.utime(dirpath, (FIXED_MTIME, FIXED_MTIME))
+    return sorted(files)
