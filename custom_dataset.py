@@ -7,6 +7,185 @@ never waits on Python image code.
 
 # ============================== Question 2: flowers ==============================
 # BEGIN flower section
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gpu_transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageBatchSource,
+    center_crop,
+    pad_stack,
+    resize_shorter_side,
+    to_chw_uint8,
+)
+from training_utils import UserError
+
+FLOWER_CLASSES = 102
+FLOWER_SPLITS = ("train", "val", "test")
+
+
+def flower_split_path(data_dir, split: str) -> Path:
+    """``<data_dir>/<split>_data.pkl`` (split in train / val / test)."""
+    return Path(data_dir) / f"{split}_data.pkl"
+
+
+def load_flower_split(data_dir, split: str, num_classes: int = FLOWER_CLASSES):
+    """Read one split of the reduced Oxford-102 flowers in the assignment's pickle format.
+
+    The file holds a 2-tuple ``(X, y)``: X a sequence of HWC uint8 RGB images (varying sizes),
+    y the integer labels in [0, num_classes) (-1 is accepted for an unlabelled test set).
+    Returns (list of (H, W, 3) uint8 arrays, (N,) int64 labels). Every problem raises a
+    ``UserError`` naming the file and saying what to do.
+    """
+    path = flower_split_path(data_dir, split)
+    if not path.is_file():
+        raise UserError(f"{path} not found; the flower data folder needs train/val/test_data.pkl")
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    except Exception as err:  # any unpickling failure means the same thing to the user
+        raise UserError(
+            f"{path} is not a readable pickle ({type(err).__name__}); re-download or regenerate it"
+        ) from None
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise UserError(
+            f"{path} must hold a pickled (images, labels) 2-tuple, got {type(data).__name__}"
+        )
+    images, labels = data
+    try:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: the labels are not integers") from None
+    if len(images) != len(labels):
+        raise UserError(f"{path}: {len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        raise UserError(f"{path} holds no images")
+    for i, im in enumerate(images):
+        if not (
+            isinstance(im, np.ndarray)
+            and im.dtype == np.uint8
+            and im.ndim == 3
+            and im.shape[2] == 3
+        ):
+            got = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
+            raise UserError(f"{path}: image {i} must be an (H, W, 3) uint8 RGB array, got {got}")
+        if min(im.shape[:2]) < 8:
+            raise UserError(f"{path}: image {i} is only {im.shape[0]}x{im.shape[1]} pixels")
+    bad = (labels < -1) | (labels >= num_classes) | ((labels == -1) & (split != "test"))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{path}: label {labels[i]} of image {i} is outside 0..{num_classes - 1}; "
+            "check that the file belongs to the 102-class flower set"
+        )
+    return list(images), labels
+
+
+def train_store(images, resize_size: int, device=None):
+    """Resize every image once (shorter side -> resize_size) and pad them into one uint8 store.
+
+    Returns (store (N, 3, Hmax, Wmax) uint8, sizes (N, 2)) on ``device``; random crops are cut
+    from it per batch (``gpu_transforms.crop_flip``).
+    """
+    resized = [resize_shorter_side(to_chw_uint8(im).to(device), resize_size) for im in images]
+    return pad_stack(resized, device)
+
+
+def eval_store(images, resize_size: int, crop: int, device=None) -> torch.Tensor:
+    """The evaluation transform, applied once: resize shorter side, centre crop.
+    Returns (N, 3, crop, crop) uint8 on ``device``."""
+    out = torch.empty(len(images), 3, crop, crop, dtype=torch.uint8, device=device)
+    for i, im in enumerate(images):
+        out[i] = center_crop(resize_shorter_side(to_chw_uint8(im).to(device), resize_size), crop)
+    return out
+
+
+def load_flower_splits(data_dir, num_classes: int = FLOWER_CLASSES) -> dict:
+    """All three splits, checked: {'train': (images, labels), 'val': ..., 'test': ...}."""
+    return {split: load_flower_split(data_dir, split, num_classes) for split in FLOWER_SPLITS}
+
+
+def flower_batch_sources(
+    splits: dict,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    image_size: int = 224,
+    resize_size: int = 256,
+    max_train_images: int = 0,
+    max_val_images: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    device=None,
+    channels_last: bool = False,
+    log=print,
+):
+    """(train, val, test) ``ImageBatchSource`` objects from ``load_flower_splits``' result.
+
+    Train: random crop ``image_size`` of the image resized to ``resize_size`` + random flip.
+    Validation and test: resize + centre crop (the evaluation transform; no augmentation).
+    ``max_*_images`` > 0 keeps only the first images of a split (smoke runs); the test split
+    is always complete, so test_flower.txt has one line per test image. The test source is
+    not sharded: only rank 0 predicts.
+    """
+    common = dict(
+        crop=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, channels_last=channels_last
+    )
+    sources = []
+    for split, limit in (("train", max_train_images), ("val", max_val_images), ("test", 0)):
+        images, labels = splits[split]
+        if limit > 0:
+            images, labels = images[:limit], labels[:limit]
+        log(f"{split}: {len(images)} images")
+        labels_t = torch.from_numpy(labels)
+        if split == "train":
+            store, sizes = train_store(images, resize_size, device)
+            src = ImageBatchSource(
+                store,
+                labels_t,
+                sizes=sizes,
+                batch_size=batch_size,
+                train=True,
+                seed=seed,
+                rank=rank,
+                world_size=world_size,
+                **common,
+            )
+        else:
+            store = eval_store(images, resize_size, image_size, device)
+            shard = (rank, world_size) if split == "val" else (0, 1)
+            src = ImageBatchSource(
+                store,
+                labels_t,
+                batch_size=eval_batch_size,
+                train=False,
+                rank=shard[0],
+                world_size=shard[1],
+                **common,
+            )
+        sources.append(src)
+    return tuple(sources)
+
+
+class FlowerPILDataset(torch.utils.data.Dataset):
+    """The original kit's per-image pipeline (PIL image -> torchvision transform), kept as the
+    baseline of ``benchmarks/bench_flower_pipeline.py``. Returns (transform(image), label)."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
 
 # END flower section
 

@@ -1,0 +1,257 @@
+"""Question 2: fine-tune ViT-B/32 on the reduced Oxford-102 flowers.
+
+    python demo_flower.py --exp_name vit_vpt_deep --output_dir runs/vit_vpt_deep
+    python demo_flower.py --exp_name flower_smoke            # a quick CPU check of everything
+
+Flags: ``--exp_name`` (a preset of config.yml), ``--output_dir`` (default runs/<exp_name>),
+``--data_dir`` (default flower-dataset-reduced), ``--weights`` (ViT-B/32 ImageNet weights;
+default torchvision's cache, then a download), ``--resume`` (continue checkpoint.pt).
+Multi-GPU: ``torchrun --nproc_per_node 4 demo_flower.py ...`` (or one srun task per GPU).
+
+The run directory receives config.yaml, train.log, tensorboard/, checkpoint.pt (every
+epoch), best.pt (best validation accuracy) and test_flower.txt (predictions of best.pt).
+Exit status: 0 done, 1 bad input (one-line message), 75 preempted by SIGTERM/SIGUSR1 after
+writing checkpoint.pt (rerun with --resume; the sbatch scripts requeue on 75).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from absl import app, flags
+
+from custom_dataset import (
+    FLOWER_CLASSES,
+    FLOWER_SPLITS,
+    flower_batch_sources,
+    flower_split_path,
+    load_flower_splits,
+)
+from experiment_config import ConfigError, load_preset, to_dict
+from fine_tune import TrainConfig, Trainer, ViTLinear, ViTPrompt, inference, load_trainable_state
+from training_utils import (
+    BEST_FILE,
+    UserError,
+    check_resume_config,
+    cleanup_distributed,
+    init_distributed,
+    prepare_run_dir,
+    run_main,
+    seed_everything,
+    setup_logging,
+    write_config,
+)
+
+DEFAULT_DATA_DIR = "flower-dataset-reduced"
+SYNTHETIC_DATA_DIR = "synthetic-data/flower-dataset-reduced"
+
+
+@dataclass
+class FlowerConfig:
+    """Every setting of a flower run; config.yml presets override these defaults."""
+
+    # model
+    encoder_name: Literal["vit_b_32", "vit_tiny_test"] = "vit_b_32"
+    method: Literal["linear", "vpt", "full"] = "linear"  # linear probe / prompts / everything
+    num_prompts: int = 10
+    deep_prompts: bool = True  # VPT-Deep (every layer) or VPT-Shallow (first layer)
+    prompt_dropout: float = 0.0
+    weights: str = ""  # ViT-B/32 weights file; "" = torchvision IMAGENET1K_V1 (cache/download)
+    # optimisation
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.001
+    weight_decay: float = 0.01
+    momentum: float = 0.99
+    scheduler: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [60, 80])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    epochs: int = 100
+    batch_size: int = 32  # images per optimiser step, over all processes
+    eval_batch_size: int = 128  # per process
+    # data
+    data_dir: str = DEFAULT_DATA_DIR
+    image_size: int = 224
+    resize_size: int = 256
+    max_train_images: int = 0  # 0 = all; smoke runs use fewer
+    max_val_images: int = 0
+    # machine
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
+    compile: bool = False
+    channels_last: bool = True  # on CUDA only
+    seed: int = 0
+    log_every: int = 20
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("exp_name", "flower_smoke", "Preset name in config.yml (section 'flower').")
+flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<exp_name>).")
+flags.DEFINE_string("data_dir", None, f"Flower data folder (default: {DEFAULT_DATA_DIR}).")
+flags.DEFINE_string(
+    "weights", None, "ViT-B/32 ImageNet weights (.pth); default: torchvision's cache."
+)
+flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
+flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
+
+
+def resolve_config() -> FlowerConfig:
+    try:
+        cfg = load_preset("flower", FLAGS.exp_name, FlowerConfig, FLAGS.config)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    if FLAGS.data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=FLAGS.data_dir)
+    if FLAGS.weights is not None:
+        if not Path(FLAGS.weights).is_file():
+            raise UserError(
+                f"--weights {FLAGS.weights} does not exist; give a .pth file or drop the flag"
+            )
+        cfg = dataclasses.replace(cfg, weights=FLAGS.weights)
+    return cfg
+
+
+def resolve_data_dir(cfg: FlowerConfig, ctx) -> tuple[str, bool]:
+    """The data folder to read, and whether it is synthetic (generated here if needed)."""
+    data_dir = Path(cfg.data_dir)
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            raise UserError(
+                f"--data_dir {data_dir} is a file; give the folder holding train/val/test_data.pkl"
+            )
+        return str(data_dir), False
+    if data_dir != Path(DEFAULT_DATA_DIR):
+        raise UserError(
+            f"--data_dir {data_dir} does not exist; check the path (or omit it for synthetic data)"
+        )
+    import synthetic_flowers
+
+    print(synthetic_flowers.BANNER, flush=True)
+    synth = Path(SYNTHETIC_DATA_DIR)
+    complete = all(flower_split_path(synth, s).is_file() for s in FLOWER_SPLITS)
+    if not complete and ctx.is_main:
+        print(
+            f"generating synthetic flowers into {synth} (once; later runs reuse them)", flush=True
+        )
+        synthetic_flowers.generate(synth, seed=0)
+    if ctx.distributed:
+        dist.barrier()
+    return str(synth), True
+
+
+def build_model(cfg: FlowerConfig, log) -> torch.nn.Module:
+    weights = cfg.weights or "IMAGENET1K_V1"
+    common = dict(
+        encoder_name=cfg.encoder_name, weights=weights, image_size=cfg.image_size, log=log
+    )
+    if cfg.method == "vpt":
+        return ViTPrompt(
+            FLOWER_CLASSES,
+            num_prompts=cfg.num_prompts,
+            deep=cfg.deep_prompts,
+            prompt_dropout=cfg.prompt_dropout,
+            **common,
+        )
+    return ViTLinear(FLOWER_CLASSES, train_backbone=cfg.method == "full", **common)
+
+
+def train(cfg: FlowerConfig) -> None:
+    start = time.time()
+    ctx = init_distributed(cfg.device)
+    try:
+        out = Path(FLAGS.output_dir or f"runs/{FLAGS.exp_name}")
+        prepare_run_dir(out, FLAGS.resume, create=False)  # check before any slow work
+        data_dir, synthetic = resolve_data_dir(cfg, ctx)
+        cfg = dataclasses.replace(cfg, data_dir=data_dir)
+        splits = load_flower_splits(data_dir)  # every bad-input check happens here
+        resolved = dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
+        if FLAGS.resume:
+            check_resume_config(out, resolved)
+        if ctx.is_main:
+            prepare_run_dir(out, FLAGS.resume)
+            if not FLAGS.resume:
+                write_config(out, resolved)
+        if ctx.distributed:
+            dist.barrier()
+        log = setup_logging(out, ctx.is_main)
+        if synthetic:
+            import synthetic_flowers
+
+            log.warning(synthetic_flowers.BANNER)
+        log.info(
+            f"run {out}: preset {FLAGS.exp_name}, {ctx.world_size} process(es) on {ctx.device}"
+        )
+
+        seed_everything(cfg.seed)  # same initial prompts/head on every process
+        model = build_model(cfg, log.warning).to(ctx.device)
+        channels_last = cfg.channels_last and ctx.device.type == "cuda"
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info(f"model: {cfg.method} on {cfg.encoder_name}, {n_train:,} trainable parameters")
+
+        t0 = time.time()
+        train_src, val_src, test_src = flower_batch_sources(
+            splits,
+            batch_size=cfg.batch_size,
+            eval_batch_size=cfg.eval_batch_size,
+            image_size=cfg.image_size,
+            resize_size=cfg.resize_size,
+            max_train_images=cfg.max_train_images,
+            max_val_images=cfg.max_val_images,
+            seed=cfg.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            device=ctx.device,
+            channels_last=channels_last,
+            log=log.info,
+        )
+        log.info(
+            f"images resized once and stored as uint8 on {ctx.device} in {time.time() - t0:.1f}s"
+        )
+
+        trainer = Trainer(
+            model,
+            train_src,
+            val_src,
+            out,
+            TrainConfig.from_config(cfg),
+            dist_ctx=ctx,
+            full_config=resolved,
+            resume=FLAGS.resume,
+            logger=log,
+        )
+        result = trainer.fit()
+        if ctx.is_main:
+            best = torch.load(out / BEST_FILE, map_location=ctx.device, weights_only=False)
+            load_trainable_state(model, best["model"])
+            preds = inference(model, test_src, out / "test_flower.txt", cfg.precision)
+            log.info(
+                f"best val acc {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
+                f"wrote {len(preds)} predictions to {out / 'test_flower.txt'}"
+            )
+            if synthetic:
+                labels = test_src.labels.cpu()
+                acc = (torch.tensor(preds) == labels).double().mean().item()
+                log.info(f"synthetic test accuracy {acc:.4f} (synthetic data: not a real result)")
+            log.info(f"done in {time.time() - start:.1f}s")
+    finally:
+        cleanup_distributed()
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])}; see --help", file=sys.stderr)
+        sys.exit(1)
+    run_main(lambda: train(resolve_config()))
+
+
+if __name__ == "__main__":
+    app.run(main)
