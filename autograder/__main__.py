@@ -60,7 +60,14 @@ def main(argv=None):
     )
     a.add_argument("--only", nargs="*", help="grade only these sub-folder names")
     _common(a)
+    m = sub.add_parser("merge-csv", help="merge the per-task CSVs of a Slurm grading array")
+    m.add_argument("out_csv")
+    m.add_argument("parts", nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "merge-csv":
+        from .grade_all import merge_csv
+
+        return merge_csv(args.out_csv, args.parts)
     try:
         if args.command == "grade":
             grade(args.submission, args.results, args.labels, _options(args))

@@ -1,0 +1,16 @@
+# Print about 100 MB, then return the correct answer.
+import sys as _sys
+
+_reference_forward = SelfAttention.forward
+
+
+def _forward(self, x):
+    chunk = "flood " * 170000
+    for _ in range(100):
+        _sys.stdout.write(chunk)
+        _sys.stderr.write(chunk)
+    return _reference_forward(self, x)
+
+
+SelfAttention.forward = _forward
+EXPECT = {}  # full marks; the output is captured and capped (checked)

@@ -1,0 +1,8 @@
+# Prediction file variant "blank_line" (no transformer_utils.py: the grader alone decides).
+NO_SOURCE = True
+PREDICTIONS = {"test_flower.txt": "blank_line"}
+EXPECT = {
+    "self_attention": (0, "not found"),
+    "layer_norm": (0, "not found"),
+    "test_flower.txt": (0, "line 5"),
+}

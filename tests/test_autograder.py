@@ -1,0 +1,221 @@
+"""Unit tests of the autograder's trusted parts: prediction files, scoring, comparison,
+results.json, declarations, the Gradescope zip, bulk grading and failing closed."""
+
+import json
+import os
+import zipfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autograder import compare
+from autograder.assignment import load_assignment
+from autograder.declarations import read_declarations
+from autograder.grade import GradeOptions, grade
+from autograder.grade_all import grade_all, merge_csv
+from autograder.predictions import PredictionError, credit, parse_lines, read_capped
+from autograder.results import write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENT = load_assignment(ROOT / "instructor" / "assignment.yml")
+
+
+# ---------------------------------------------------------------- prediction files
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"1\n2\n3\n",
+        b"1\n2\n3",
+        b"1\r\n2\r\n3\r\n",
+        b"\xef\xbb\xbf1\n2\n3\n",
+        b"\xef\xbb\xbf1\r\n2\r\n3",
+    ],
+)
+def test_accepted_prediction_formats(data):
+    assert parse_lines(data, 10) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "data, line, words",
+    [
+        (b"prediction\n1\n", 1, "not a class number"),
+        (b"1\n\n2\n", 2, "not a class number"),
+        (b"1\n 2\n", 2, "not a class number"),
+        (b"1\n2\n-1\n", 3, "not a class number"),
+        (b"1\n2.0\n", 2, "not a class number"),
+        (b"1\n10\n", 2, "out of range"),
+        (b"1\n2\n3\n4\n", 4, "more predictions"),
+        (b"1\n\xc3\xa9\n", 2, "non-ASCII"),
+    ],
+)
+def test_rejected_prediction_files_name_the_line(data, line, words):
+    with pytest.raises(PredictionError, match=words) as info:
+        parse_lines(data, 10, max_lines=3)
+    assert f"line {line}:" in str(info.value)
+
+
+def test_oversized_file_is_refused_without_reading(tmp_path):
+    big = tmp_path / "test_flower.txt"
+    with open(big, "wb") as fh:
+        fh.truncate(50 * 1024**3)  # sparse: reading it would take minutes
+    with pytest.raises(PredictionError, match="too large"):
+        read_capped(big, 1_000_000)
+
+
+def test_symlinked_prediction_file_is_refused(tmp_path):
+    (tmp_path / "labels.txt").write_text("1\n")
+    (tmp_path / "test_flower.txt").symlink_to(tmp_path / "labels.txt")
+    with pytest.raises(PredictionError, match="symbolic links"):
+        read_capped(tmp_path / "test_flower.txt", 1000)
+
+
+def test_threshold_is_exact_and_credit_falls_linearly():
+    t, f = Fraction("0.92"), Fraction("0.60")
+    assert credit(92, 100, t, f, 4) == 4.0  # exactly at the threshold
+    assert credit(1507, 1638, t, f, 4) == 4.0  # 1507 * 25 >= 23 * 1638
+    assert 3.9 < credit(1506, 1638, t, f, 4) < 4.0  # one answer short of the threshold
+    assert credit(225, 500, Fraction("0.45"), Fraction("0.18"), 4) == 4.0
+    assert credit(76, 100, t, f, 4) == pytest.approx(2.0)  # half-way between floor and threshold
+    assert credit(60, 100, t, f, 4) == 0.0
+    assert credit(10, 100, t, f, 4) == 0.0
+    assert credit(0, 0, t, f, 4) == 0.0
+
+
+# ---------------------------------------------------------------- comparison
+TARGET = {"c0": np.ones((2, 3), np.float32)}
+TYPES = {"c0": "torch.Tensor"}
+
+
+@pytest.mark.parametrize(
+    "out, types, words",
+    [
+        ({"c0": np.ones((2, 3), np.float32)}, TYPES, None),
+        ({"c0": np.ones((1, 3), np.float32)}, TYPES, "expected shape"),
+        ({"c0": np.ones((2, 3), np.float64)}, TYPES, "dtype"),
+        ({"c0": np.full((2, 3), np.nan, np.float32)}, TYPES, "NaN"),
+        ({"c0": np.full((2, 3), 2, np.float32)}, TYPES, "wrong values"),
+        ({"c0": np.ones((2, 3), np.float32)}, {"c0": "x._LyingTensor"}, "plain torch.Tensor"),
+        ({}, {"c0": "builtins.object"}, "expected a torch.Tensor"),
+        ({"c0": np.ones((2, 3), np.float32), "c1": np.ones(1)}, TYPES, "more outputs"),
+    ],
+)
+def test_check_outputs(out, types, words):
+    ok, message = compare.check_outputs(out, types, TARGET, 1e-5, 1e-6)
+    assert ok == (words is None), message
+    if words:
+        assert words in message
+
+
+def test_matching_mistake_names_it():
+    mistakes = {"unbiased variance": {"c0": np.full((2, 3), 2, np.float32)}}
+    assert (
+        compare.matching_mistake({"c0": np.full((2, 3), 2, np.float32)}, mistakes, 1e-5, 1e-6)
+        == "unbiased variance"
+    )
+
+
+# ---------------------------------------------------------------- results.json
+def test_results_are_valid_json_even_with_nan(tmp_path):
+    path = write_results(
+        tmp_path / "r" / "results.json",
+        {"tests": [{"name": "a", "score": float("nan"), "max_score": 2}]},
+    )
+    data = json.loads(path.read_text())
+    assert data["tests"][0]["score"] == 0.0 and data["score"] == 0.0
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temp file left
+
+
+def test_results_written_when_the_grader_itself_fails(tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    results = tmp_path / "results.json"
+    grade(sub, results, tmp_path / "no-labels-here", GradeOptions(quiet=True))
+    data = json.loads(results.read_text())
+    assert "autograder failed" in data["output"] and data["score"] == 0
+
+
+# ---------------------------------------------------------------- declarations
+def test_declarations_are_read_without_importing():
+    decls = read_declarations(ROOT / "test_functions.py")
+    assert decls["self_attention"].number == "1.1" and decls["self_attention"].points == 2
+    assert decls["layer_norm"].name == "LayerNorm" and decls["layer_norm"].rtol == 1e-5
+    assert set(ASSIGNMENT.student_exercises) <= set(decls)
+
+
+# ---------------------------------------------------------------- Gradescope zip
+@pytest.fixture
+def labels(tmp_path):
+    d = tmp_path / "labels"
+    d.mkdir()
+    (d / "test_flower.txt").write_text("".join(f"{i % 102}\n" for i in range(200)))
+    (d / "test_pixmo.txt").write_text("".join(f"{i % 20}\n" for i in range(100)))
+    return d
+
+
+def test_gradescope_zip_is_complete_reproducible_and_solution_free(tmp_path, labels):
+    from instructor.gradescope import build_zip
+
+    build_zip(tmp_path / "a.zip", labels)
+    build_zip(tmp_path / "b.zip", labels)
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        names = set(zf.namelist())
+        modes = {i.filename: i.external_attr >> 16 for i in zf.infolist()}
+        for name in ("setup.sh", "run_autograder"):
+            assert name in names and modes[name] & 0o111
+        assert {
+            "labels/test_flower.txt",
+            "labels/test_pixmo.txt",
+            "test_functions.py",
+            "autograder/assignment.yml",
+            "autograder/__main__.py",
+        } <= names
+        for ex in ASSIGNMENT.student_exercises:
+            assert f"autograder/reference_data/{ex}.pkl" in names
+            assert f"autograder/prepared/{ex}/targets.npz" in names
+        assert not any(Path(n).name == "transformer_utils.py" for n in names)
+        for name in names:
+            if name.endswith(".py"):
+                assert "# BEGIN SOLUTION " not in zf.read(name).decode().replace(
+                    '"# BEGIN SOLUTION <', ""
+                )
+        assert "torch" in zf.read("setup.sh").decode() and "cpu" in zf.read("setup.sh").decode()
+
+
+# ---------------------------------------------------------------- bulk grading (no sandbox)
+def test_grade_all_writes_results_and_csv(tmp_path, labels):
+    subs = tmp_path / "subs"
+    for name, flower in (("ann", "good"), ("ben", "bad")):
+        (subs / name).mkdir(parents=True)
+        text = (labels / "test_flower.txt").read_text() if flower == "good" else "0\n" * 200
+        (subs / name / "test_flower.txt").write_text(text)
+    grade_all(
+        subs,
+        labels,
+        tmp_path / "grades.csv",
+        jobs=2,
+        results_dir=tmp_path / "out",
+        options=GradeOptions(quiet=True),
+    )
+    rows = (tmp_path / "grades.csv").read_text().splitlines()
+    assert rows[0].startswith("submission,score,max_score,") and len(rows) == 3
+    ann = json.loads((tmp_path / "out" / "ann" / "results.json").read_text())
+    flower = next(t for t in ann["tests"] if "test_flower.txt" in t["name"])
+    assert flower["score"] == 4
+    assert ann["leaderboard"][0]["name"] == "Flower accuracy"
+    merge_csv(tmp_path / "merged.csv", [tmp_path / "grades.csv"])
+    assert (tmp_path / "merged.csv").read_text().splitlines()[1:] == rows[1:]
+
+
+# ---------------------------------------------------------------- failing closed
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_without_namespaces_an_unprotected_layout_is_refused(tmp_path, labels):
+    """Here the repository is world-readable: the privilege-drop-only mode must refuse."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "transformer_utils.py").write_text((ROOT / "transformer_utils.py").read_text())
+    res = grade(sub, tmp_path / "results.json", labels, GradeOptions(namespaces=False, quiet=True))
+    ex = [t for t in res["tests"] if "SelfAttention" in t["name"]][0]
+    assert ex["score"] == 0 and "refusing to run student code" in ex["output"]

@@ -1,0 +1,228 @@
+"""The adversarial suite: hostile and broken submissions, each with its expected outcome.
+
+Every file in tests/submissions/ is one submission (see tests/submissions/README.md). They are
+all graded at once, two in parallel, exactly as ``python -m autograder grade-all`` does, with a
+short per-exercise timeout; then each case's results.json is checked against its EXPECT, and
+the whole run against things no submission may achieve: a forged or invalid results.json, a
+surviving process of the sandbox users, or a changed grader/kit file.
+"""
+
+import ast
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from autograder import sandbox
+from autograder.grade import GradeOptions
+from autograder.grade_all import grade_all
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBMISSIONS = ROOT / "tests" / "submissions"
+HIDDEN = ROOT / "autograder" / "reference_data"
+CASES = sorted(p.stem for p in SUBMISSIONS.glob("*.py"))
+PARTS = {  # EXPECT key -> words that identify the test in results.json
+    "self_attention": "SelfAttention",
+    "layer_norm": "LayerNorm",
+    "test_flower.txt": "test_flower.txt",
+    "test_pixmo.txt": "test_pixmo.txt",
+}
+JOBS = 3
+TIMEOUT_S = 3
+N_FLOWER, N_PIXMO = 100, 50
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (CI runs as root)"),
+]
+
+
+def _spec(case):
+    """The module-level literals of a case file (EXPECT, REPLACE, ...), read with ast."""
+    tree = ast.parse((SUBMISSIONS / f"{case}.py").read_text())
+    spec = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name.isupper():
+                spec[name] = ast.literal_eval(node.value)
+    return spec
+
+
+def _prediction_variant(variant, labels, num_classes):
+    wrong = [(y + 1) % num_classes for y in labels]
+    lines = [str(y) for y in labels]
+    if variant == "all_zero":
+        return "".join("0\n" for _ in labels).encode()
+    if variant == "short":
+        return "".join(f"{y}\n" for y in lines[:90]).encode()
+    if variant == "header":
+        return ("prediction\n" + "".join(f"{y}\n" for y in lines)).encode()
+    if variant == "out_of_range":
+        lines[6] = str(num_classes)
+        return "".join(f"{y}\n" for y in lines).encode()
+    if variant == "huge":
+        return b"1\n" * 10_000_000
+    if variant in ("at_threshold", "below_threshold"):
+        k = 92 if variant == "at_threshold" else 91
+        return "".join(f"{y}\n" for y in labels[:k] + wrong[k:]).encode()
+    if variant == "crlf_bom":
+        return b"\xef\xbb\xbf" + "".join(f"{y}\r\n" for y in lines).encode()
+    if variant == "blank_line":
+        lines[4] = ""
+        return "".join(f"{y}\n" for y in lines).encode()
+    if variant == "negative":
+        lines[2] = "-1"
+        return "".join(f"{y}\n" for y in lines).encode()
+    raise ValueError(variant)
+
+
+def _fingerprint():
+    files = [
+        *sorted((ROOT / "autograder").glob("*.py")),
+        ROOT / "test_functions.py",
+        *sorted(HIDDEN.glob("*.pkl")),
+    ]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _processes_of(uids):
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid in uids:
+                    found.append(pid)
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    base = tmp_path_factory.mktemp("adversarial")
+    subs, labels_dir, results_dir = base / "subs", base / "labels", base / "results"
+    labels_dir.mkdir()
+    rng = random.Random(0)
+    labels = {
+        "test_flower.txt": ([rng.randrange(1, 102) for _ in range(N_FLOWER)], 102),
+        "test_pixmo.txt": ([rng.randrange(1, 20) for _ in range(N_PIXMO)], 20),
+    }
+    for name, (values, _) in labels.items():
+        (labels_dir / name).write_text("".join(f"{v}\n" for v in values))
+    reference = (ROOT / "transformer_utils.py").read_text()
+    for case in CASES:
+        spec = _spec(case)
+        sub = subs / case
+        sub.mkdir(parents=True)
+        paths = {
+            "@RESULTS@": str(results_dir / case / "results.json"),
+            "@HIDDEN@": str(HIDDEN),
+            "@LABELS@": str(labels_dir),
+            "@KIT@": str(ROOT),
+            "@SUBMISSION@": str(sub),
+        }
+
+        def fill(text, paths=paths):
+            for key, value in paths.items():
+                text = text.replace(key, value)
+            return text
+
+        if "REPLACE" in spec:
+            source = spec["REPLACE"]
+        else:
+            source = reference + "\n\n# ---- adversarial case ----\n"
+            source += fill((SUBMISSIONS / f"{case}.py").read_text())
+        if not spec.get("NO_SOURCE"):
+            (sub / "transformer_utils.py").write_text(source)
+        for name, (values, num_classes) in labels.items():
+            variant = spec.get("PREDICTIONS", {}).get(name)
+            data = (
+                _prediction_variant(variant, values, num_classes)
+                if variant
+                else "".join(f"{v}\n" for v in values).encode()
+            )
+            (sub / name).write_bytes(data)
+        for name in ("script_q2.py", "script_q3.py"):
+            (sub / name).write_text("print('my training script')\n")
+        for name, target in spec.get("SYMLINKS", {}).items():
+            (sub / name).unlink(missing_ok=True)
+            (sub / name).symlink_to(fill(target))
+    before = _fingerprint()
+    uids = {sandbox.NOBODY - i for i in range(JOBS)}
+    start = time.monotonic()
+    grade_all(
+        subs,
+        labels_dir,
+        base / "grades.csv",
+        jobs=JOBS,
+        results_dir=results_dir,
+        options=GradeOptions(timeout_s=TIMEOUT_S, quiet=True),
+    )
+    elapsed = time.monotonic() - start
+    time.sleep(2.0)  # give any leftover forger time to act
+    results = {}
+    for case in CASES:
+        text = (results_dir / case / "results.json").read_text()
+        results[case] = (text, json.loads(text))
+    return {
+        "results": results,
+        "before": before,
+        "after": _fingerprint(),
+        "leftovers": _processes_of(uids),
+        "elapsed": elapsed,
+        "csv": base / "grades.csv",
+    }
+
+
+def test_enough_cases():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_case_outcome(graded, case):
+    text, res = graded["results"][case]
+    assert "FORGED" not in text and res.get("score") != 999, f"{case}: results.json was forged"
+    assert res["tests"], res["output"]
+    expect = _spec(case).get("EXPECT", {})
+    for key, words in PARTS.items():
+        matching = [t for t in res["tests"] if words in t["name"]]
+        assert len(matching) == 1, (key, [t["name"] for t in res["tests"]])
+        test = matching[0]
+        points, needle = expect.get(key, (test["max_score"], ""))
+        assert test["score"] == pytest.approx(points), f"{case}/{key}: {test['output']}"
+        assert needle.lower() in test["output"].lower(), f"{case}/{key}: {test['output']}"
+    assert res["score"] == pytest.approx(sum(t["score"] for t in res["tests"]))
+
+
+def test_correct_submission_gets_full_marks(graded):
+    _, res = graded["results"]["correct"]
+    assert res["score"] == sum(t["max_score"] for t in res["tests"]) == 12
+
+
+def test_no_process_of_the_sandbox_users_survives(graded):
+    assert graded["leftovers"] == []
+
+
+def test_grader_and_kit_files_unchanged(graded):
+    assert graded["before"] == graded["after"]
+
+
+def test_output_flood_is_capped_and_reported(graded):
+    _, res = graded["results"]["output_flood"]
+    assert "printed" in res["output"] and len(json.dumps(res)) < 200_000
+
+
+def test_protections_are_reported(graded):
+    _, res = graded["results"]["correct"]
+    assert "unprivileged user: uid" in res["output"]
+    assert "verified by probe" in res["output"]
+
+
+def test_csv_has_one_row_per_case(graded):
+    rows = graded["csv"].read_text().splitlines()
+    assert len(rows) == len(CASES) + 1
