@@ -21,13 +21,9 @@ Rules for every exercise
 
 Solution markers (for instructors)
 ----------------------------------
-The instructor's copy holds the reference solution between two whole comment
-lines at the same indentation::
-
-    # BEGIN SOLUTION <exercise_id>
-    ...reference code...
-    # END SOLUTION
-
+The instructor's copy holds each reference solution between two whole comment
+lines at the same indentation: a line ``# BEGIN SOLUTION <exercise_id>`` opens
+the region and a line ``# END SOLUTION`` closes it (see any exercise below).
 ``<exercise_id>`` is one lower_snake_case id (for example ``self_attention``).
 Several regions may share an id; regions never nest. The release command
 replaces each region of a student exercise by a ``YOUR CODE START/END`` block

@@ -937,13 +937,12 @@ def _check(exercise_id, cases, mistakes):
             raise RuntimeError(
                 f"{exercise_id} case {i}: the runner disagrees with the reference: {problem}"
             )
-        # Keep each mistake only in the first case where it differs from the target: a
-        # student with that mistake fails there first (and the files stay small).
+        # Keep each mistake only in the first case where it fails the tolerance: a student
+        # with that mistake fails there first (and the files stay small).
         visible = {
             d: out
             for d, out in wrong.items()
-            if d not in diagnosed
-            and not test_functions._matches(out, case["target"], rtol * 10, atol * 10)
+            if d not in diagnosed and not test_functions._matches(out, case["target"], rtol, atol)
         }
         diagnosed.update(visible)
         kept.append(visible)
