@@ -509,8 +509,19 @@ class TransformerDecoderLayer(nn.Module):
 
 
 def lambda_init_fn(layer_idx):
-    """lambda_init = 0.8 - 0.6 * exp(-0.3 * (layer_idx - 1)), layer_idx counted from 1."""
+    """Initial lambda of the layer at depth layer_idx (counted from 1, the first layer).
+
+    Inputs:
+    - layer_idx: int >= 1.
+
+    Returns:
+    - lambda_init: float, 0.8 - 0.6 * exp(-0.3 * (layer_idx - 1)).
+
+    Hint: the first layer gets 0.2; deeper layers approach 0.8.
+    """
+    # BEGIN SOLUTION differential_attention
     return 0.8 - 0.6 * math.exp(-0.3 * (layer_idx - 1))
+    # END SOLUTION
 
 
 class DifferentialAttention(nn.Module):
