@@ -201,10 +201,10 @@ import numpy as np  # noqa: E402, F811
 import torch  # noqa: E402, F811
 import torch.nn.functional as F  # noqa: E402, F811
 
+from gpu_transforms import normalize  # noqa: E402, F811
+
 PIXMO_NUM_CLASSES = 20
 PIXMO_SPLITS = ("train", "val", "test")
-PIXMO_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, matching the ResNet-34 weights
-PIXMO_STD = (0.229, 0.224, 0.225)
 
 # Point convention used everywhere below: (x, y) in pixels with the origin at the image's
 # top-left CORNER, so pixel (row i, column j) covers [j, j+1) x [i, i+1) and its centre is
@@ -391,11 +391,10 @@ def augment_pixmo_batch(images, points, generator=None, **options):
     return apply_augmentation(images, points, **params)
 
 
-def normalize_pixmo(images):
-    """(B, 3, S, S) uint8 or 0..255 float -> float32 normalised with the ImageNet mean/std."""
-    mean = torch.tensor(PIXMO_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(PIXMO_STD, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - mean) / std
+def normalize_pixmo(images, channels_last=False):
+    """(B, 3, S, S) uint8 or 0..255 float -> float32 normalised with the ImageNet mean/std
+    (the statistics of the ResNet-34 weights); ``gpu_transforms.normalize`` does the work."""
+    return normalize(images, channels_last=channels_last)
 
 
 class PixmoPointsDataset(torch.utils.data.Dataset):
@@ -417,8 +416,8 @@ class PixmoPointsDataset(torch.utils.data.Dataset):
         images: (N, 3, S, S) uint8.  points: (N, 2) float32, in S x S pixels.  labels: (N,) int64.
     """
 
-    def __init__(self, data, split="train", size=224):
-        where = "PixMo data"
+    def __init__(self, data, split="train", size=224, *, where="PixMo data"):
+        # where: how error messages name the data (e.g. the pickle file a list came from)
         if isinstance(data, (str, Path)):
             where = str(Path(data) / f"{split}_data.pkl")
             data = load_pixmo_split(data, split)
@@ -464,7 +463,8 @@ class PixmoBatchSource:
     Args:
         images: (N, 3, S, S) uint8; points: (N, 2) float; labels: (N,) int64.
         batch_size, train, seed, rank, world_size: as above.
-        augment: options for ``sample_augmentation`` (min_scale, max_aspect, flip_p, margin).
+        augment: options for ``sample_augmentation`` (min_scale, max_aspect, flip_p, margin;
+            ``{}`` for its defaults), or None to train on the stored images as they are.
         channels_last: return images in channels_last memory format (faster convs on GPUs).
         device: where the store lives (default: where ``images`` already are).
     """
@@ -492,7 +492,8 @@ class PixmoBatchSource:
         self.points_cpu = points.detach().float().cpu()  # for the per-epoch plan
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.rank, self.world_size = rank, world_size
-        self.augment, self.channels_last = dict(augment or {}), channels_last
+        self.augment = None if augment is None else dict(augment)
+        self.channels_last = channels_last
 
     @property
     def num_samples(self):
@@ -517,15 +518,14 @@ class PixmoBatchSource:
         """Order and augmentation parameters of every example for one epoch (CPU, seeded)."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(self.num_samples, generator=generator)
+        if self.augment is None:
+            return {"order": order}
         size = self.images.shape[-1]
         params = sample_augmentation(self.points_cpu[order], size, generator, **self.augment)
         return {"order": order, **params}
 
     def _finish(self, images, points, labels):
-        images = normalize_pixmo(images)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, points, labels
+        return normalize_pixmo(images, self.channels_last), points, labels
 
     def batches(self, epoch=0, start=0):
         """Yield this rank's batches of ``epoch``, starting at batch number ``start``."""
@@ -542,13 +542,15 @@ class PixmoBatchSource:
             low = b * self.batch_size + self.rank * per_rank
             part = slice(low, low + per_rank)
             sel = plan["order"][part]
-            images, points = apply_augmentation(
-                self.images[sel],
-                self.points[sel],
-                plan["scales"][part],
-                plan["corners"][part],
-                plan["flip"][part],
-            )
+            images, points = self.images[sel], self.points[sel]
+            if self.augment is not None:
+                images, points = apply_augmentation(
+                    images,
+                    points,
+                    plan["scales"][part],
+                    plan["corners"][part],
+                    plan["flip"][part],
+                )
             yield self._finish(images, points, self.labels[sel])
 
     def __iter__(self):

@@ -65,9 +65,7 @@ class ResNet34Trunk(nn.Module):
             resnet.layer4,
         )
         self.trainable_from = trainable_from
-        # Frozen BatchNorm statistics are only meaningful for pretrained weights; with a random
-        # trunk the frozen layers keep normalising with batch statistics (see train()).
-        self.pretrained = False
+        self.pretrained = False  # set by load_resnet34_weights
         for stage in self.frozen_stages():
             for p in stage.parameters():
                 p.requires_grad_(False)
@@ -81,13 +79,39 @@ class ResNet34Trunk(nn.Module):
             return self.stages()
         return self.stages()[: TRUNK_STAGES.index(self.trainable_from)]
 
+    def batch_norms(self) -> list[nn.BatchNorm2d]:
+        return [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+
     def train(self, mode: bool = True):
-        """Like nn.Module.train, but pretrained frozen stages stay in eval mode (fixed BN stats)."""
+        """Like nn.Module.train, but every BatchNorm keeps its statistics frozen (eval mode).
+
+        Batches of 16 are too small to re-estimate them, and frozen statistics make a
+        checkpoint of the trainable parameters complete (exact resumption). The BatchNorm
+        scale/shift of trainable stages still train.
+        """
         super().train(mode)
-        if self.pretrained:
-            for stage in self.frozen_stages():
-                stage.eval()
+        for norm in self.batch_norms():
+            norm.eval()
         return self
+
+    @torch.no_grad()
+    def calibrate_batch_norm(self, batches) -> None:
+        """Set every BatchNorm's statistics to their average over ``batches`` of images.
+
+        For a randomly initialised trunk (no ImageNet weights), whose default statistics
+        (mean 0, variance 1) would not normalise anything. ``batches``: iterable of
+        (B, 3, S, S) normalised images; use a fixed set so reruns give the same statistics.
+        """
+        norms = self.batch_norms()
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average over all calibration batches
+            norm.train()
+        for images in batches:
+            self(images)
+        for norm in norms:
+            norm.momentum = 0.1
+            norm.eval()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, S/4, S/4)
@@ -151,7 +175,6 @@ def load_resnet34_weights(trunk: ResNet34Trunk, path=None, download=True, log=pr
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise WeightsError(f"{source} is not a ResNet-34 state dict: {first}") from None
     trunk.pretrained = True
-    trunk.train(trunk.training)  # re-apply eval mode to the frozen stages
     log(f"ResNet-34 ImageNet weights loaded from {source}")
     return True
 

@@ -38,6 +38,15 @@ COLOURS = {  # RGB, jittered per object
     "yellow": (235, 215, 40),
 }
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+BANNER = "\n".join(
+    [
+        "=" * 78,
+        "SYNTHETIC DATA: no pixmo_data/ folder, so this run uses GENERATED shapes",
+        "(synthetic-data/pixmo_data, see synthetic_pixmo.py). Its accuracies are NOT PixMo",
+        "results. Download the real data and pass --data_dir (or put it in pixmo_data/).",
+        "=" * 78,
+    ]
+)
 
 
 def class_name(label: int) -> str:

@@ -107,8 +107,7 @@ def test_weights_from_a_local_file(tmp_path):
     lines = []
     assert load_resnet34_weights(trunk, tmp_path / "r34.pth", log=lines.append)
     assert torch.equal(trunk.conv1.weight, reference.conv1.weight) and len(lines) == 1
-    trunk.train()  # pretrained frozen stages keep their BatchNorm statistics
-    assert not trunk.layer3.training and trunk.layer4.training
+    assert trunk.pretrained
 
     with pytest.raises(WeightsError, match="not found"):
         load_resnet34_weights(ResNet34Trunk(), tmp_path / "missing.pth")
@@ -127,6 +126,21 @@ def test_offline_without_weights_warns_once(tmp_path, monkeypatch):
     assert not load_resnet34_weights(trunk, None, download=False, log=lines.append)
     assert len(lines) == 1 and "RANDOMLY initialised" in lines[0]
     assert not trunk.pretrained
-    trunk.train()
-    assert trunk.layer3.training  # random frozen stages normalise with batch statistics
     assert pixmo_model.resnet34_cache_path() == tmp_path / "checkpoints" / "resnet34-b627a593.pth"
+
+
+def test_batch_norm_statistics_stay_frozen_and_calibrate():
+    torch.manual_seed(0)
+    trunk = ResNet34Trunk().train()
+    assert trunk.layer4.training and not trunk.layer4[0].bn1.training
+    images = torch.randn(4, 3, SIZE, SIZE) * 3 + 1
+    before = trunk.layer1[0].bn1.running_mean.clone()
+    trunk(images)
+    assert torch.equal(before, trunk.layer1[0].bn1.running_mean)  # training does not move them
+    trunk.calibrate_batch_norm([images[:2], images[2:]])
+    assert not torch.equal(before, trunk.layer1[0].bn1.running_mean)
+    assert torch.isfinite(trunk.layer4[2].bn2.running_var).all()
+    assert not trunk.bn1.training and trunk.bn1.momentum == 0.1
+    mid, features = trunk.eval()(images)
+    assert mid.shape == (4, 256, SIZE // 16, SIZE // 16) and features.shape == (4, 512, 2, 2)
+    assert 0.05 < features.std() < 20  # calibrated: activations neither vanish nor explode

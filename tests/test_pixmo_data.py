@@ -136,7 +136,13 @@ def test_dataset_and_batch_source_keep_the_point():
     assert_on_point(image, point, "dataset __getitem__ (train, augmented)")
 
     source = PixmoBatchSource(
-        train.images, train.points, train.labels, batch_size=4, train=True, seed=1
+        train.images,
+        train.points,
+        train.labels,
+        batch_size=4,
+        train=True,
+        seed=1,
+        augment={"min_scale": 0.5},
     )
     assert len(source) == 3
     for epoch in range(2):

@@ -1,0 +1,343 @@
+"""Question 3: classify the object under a point on PixMo images.
+
+    python demo_pixmo.py --exp_name pixmo_demo --output_dir runs_pixmo/pixmo_demo   # the original
+    python demo_pixmo.py --exp_name pixmo_point                                     # point-aware
+    python demo_pixmo.py --exp_name pixmo_smoke      # a quick CPU check of everything
+
+Flags: ``--exp_name`` (a preset of config.yml, section ``pixmo``), ``--output_dir`` (default
+runs/<exp_name>), ``--data_dir`` (default pixmo_data; when that default folder is missing, a
+SYNTHETIC set is generated into synthetic-data/pixmo_data and the run says so loudly),
+``--weights`` (ResNet-34 ImageNet state dict; default torchvision's cache, then a download),
+``--resume`` (continue checkpoint.pt). Multi-GPU: ``torchrun --nproc_per_node 4 demo_pixmo.py``.
+
+The run directory receives config.yaml, train.log, tensorboard/, checkpoint.pt (every
+epoch), best.pt (best validation accuracy) and test_pixmo.txt (predictions of best.pt, one
+class per line in test-set order). Exit status: 0 done, 1 bad input (one-line message),
+75 preempted by SIGTERM/SIGUSR1 after writing checkpoint.pt (rerun with --resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from absl import app, flags
+
+import synthetic_pixmo
+from custom_dataset import (
+    PIXMO_NUM_CLASSES,
+    PixmoBatchSource,
+    PixmoDataError,
+    PixmoPointsDataset,
+    load_pixmo_split,
+    normalize_pixmo,
+)
+from experiment_config import ConfigError, load_preset, to_dict
+from fine_tune import TrainConfig, Trainer, inference, load_trainable_state
+from model import WeightsError, build_pixmo_model, load_resnet34_weights
+from training_utils import (
+    BEST_FILE,
+    UserError,
+    check_resume_config,
+    cleanup_distributed,
+    init_distributed,
+    prepare_run_dir,
+    run_main,
+    seed_everything,
+    setup_logging,
+    write_config,
+)
+
+DEFAULT_DATA_DIR = "pixmo_data"
+SYNTHETIC_DATA_DIR = "synthetic-data/pixmo_data"
+
+
+@dataclass
+class PixmoConfig:
+    """Every setting of a PixMo run; config.yml presets override these defaults."""
+
+    # model (see model.py)
+    model: Literal["baseline", "point"] = "baseline"
+    tokens_side: int = 2  # p: the encoder sees p x p grid tokens
+    num_layers: int = 2
+    num_heads: int = 2
+    head_hidden: int = 256
+    dropout: float = 0.1
+    trainable_from: Literal["stem", "layer1", "layer2", "layer3", "layer4", "none"] = "layer4"
+    fourier_bands: int = 8  # point model only
+    crop_stream: bool = True  # point model only
+    crop_frac: float = 0.3
+    crop_size: int = 112
+    weights: str = ""  # ResNet-34 state dict; "" = torchvision's cache, then a download
+    download_weights: bool = True
+    bn_calibration_images: int = 256  # random trunk only: BatchNorm statistics from these
+    # optimisation (AdamW with weight_decay 0 is exactly Adam)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["multistep", "cosine", "constant"] = "constant"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    epochs: int = 20
+    batch_size: int = 16  # examples per optimiser step, over all processes
+    eval_batch_size: int = 64  # per process
+    # data
+    data_dir: str = DEFAULT_DATA_DIR
+    image_size: int = 224  # images are padded to a square and resized to this once
+    augment: bool = False  # random crop/scale/flip moving the point along
+    min_scale: float = 0.6
+    max_aspect: float = 1.333
+    flip_p: float = 0.5
+    max_train_images: int = 0  # 0 = all; reduced runs use fewer
+    max_val_images: int = 0
+    # synthetic data (used only when the default data folder is missing)
+    synthetic_sizes: list[int] = field(default_factory=lambda: [2500, 500, 500])
+    synthetic_min_side: int = 300
+    synthetic_max_side: int = 700
+    # machine
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
+    compile: bool = False
+    channels_last: bool = True  # on CUDA only
+    seed: int = 0
+    log_every: int = 20
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("exp_name", "pixmo_smoke", "Preset name in config.yml (section 'pixmo').")
+flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<exp_name>).")
+flags.DEFINE_string("data_dir", None, f"PixMo data folder (default: {DEFAULT_DATA_DIR}).")
+flags.DEFINE_string("weights", None, "ResNet-34 ImageNet weights (.pth); default: torch cache.")
+flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
+flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
+
+
+def resolve_config() -> PixmoConfig:
+    try:
+        cfg = load_preset("pixmo", FLAGS.exp_name, PixmoConfig, FLAGS.config)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    if FLAGS.data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=FLAGS.data_dir)
+    if FLAGS.weights is not None:
+        if not Path(FLAGS.weights).is_file():
+            raise UserError(f"--weights {FLAGS.weights} does not exist; give a .pth file")
+        cfg = dataclasses.replace(cfg, weights=FLAGS.weights)
+    if len(cfg.synthetic_sizes) != 3:
+        raise UserError("synthetic_sizes must list 3 numbers (train, val, test) in config.yml")
+    return cfg
+
+
+def resolve_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
+    """The data folder to read, and whether it is synthetic (generated here if needed)."""
+    data_dir = Path(cfg.data_dir)
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            raise UserError(f"--data_dir {data_dir} is a file; give the folder of *_data.pkl")
+        return data_dir, False
+    if data_dir != Path(DEFAULT_DATA_DIR):
+        raise UserError(
+            f"--data_dir {data_dir} does not exist; check the path (or omit it for synthetic data)"
+        )
+    print(synthetic_pixmo.BANNER, flush=True)
+    synth = Path(SYNTHETIC_DATA_DIR)
+    wanted = synthetic_pixmo.generation_info(
+        cfg.synthetic_sizes, cfg.synthetic_min_side, cfg.synthetic_max_side, seed=0
+    )
+    if synthetic_pixmo.read_info(synth) != wanted and ctx.is_main:
+        print(f"generating synthetic PixMo into {synth} ({wanted['sizes']} examples)", flush=True)
+        synthetic_pixmo.generate(
+            synth, cfg.synthetic_sizes, cfg.synthetic_min_side, cfg.synthetic_max_side, seed=0
+        )
+    if ctx.distributed:
+        dist.barrier()
+    return synth, True
+
+
+def load_splits(data_dir: Path, cfg: PixmoConfig) -> dict[str, PixmoPointsDataset]:
+    """Read and check every split (all bad-input errors happen here), pad and resize once."""
+    limits = {"train": cfg.max_train_images, "val": cfg.max_val_images, "test": 0}
+    splits = {}
+    for split, limit in limits.items():
+        data = load_pixmo_split(data_dir, split)
+        if limit:
+            data = data[:limit]
+        where = str(data_dir / f"{split}_data.pkl")
+        splits[split] = PixmoPointsDataset(data, split, cfg.image_size, where=where)
+    return splits
+
+
+def build_model(cfg: PixmoConfig, log) -> tuple[torch.nn.Module, bool]:
+    """The preset's model, with ImageNet weights when available; returns (model, pretrained)."""
+    common = dict(
+        tokens_side=cfg.tokens_side,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        head_hidden=cfg.head_hidden,
+        dropout=cfg.dropout,
+        trainable_from=cfg.trainable_from,
+    )
+    if cfg.model == "point":
+        common.update(
+            fourier_bands=cfg.fourier_bands,
+            crop_stream=cfg.crop_stream,
+            crop_frac=cfg.crop_frac,
+            crop_size=cfg.crop_size,
+        )
+    model = build_pixmo_model(cfg.model, PIXMO_NUM_CLASSES, **common)
+    try:
+        pretrained = load_resnet34_weights(
+            model.backbone, cfg.weights or None, download=cfg.download_weights, log=log
+        )
+    except WeightsError as err:
+        raise UserError(str(err)) from None
+    return model, pretrained
+
+
+def batch_sources(splits, cfg: PixmoConfig, ctx, channels_last: bool):
+    """(train, val, test) batch sources on the training device; test is whole on every rank."""
+    augment = None
+    if cfg.augment:
+        augment = dict(min_scale=cfg.min_scale, max_aspect=cfg.max_aspect, flip_p=cfg.flip_p)
+    common = dict(device=ctx.device, channels_last=channels_last)
+
+    def source(split, **kwargs):
+        data = splits[split]
+        return PixmoBatchSource(data.images, data.points, data.labels, **common, **kwargs)
+
+    train = source(
+        "train",
+        batch_size=cfg.batch_size,
+        train=True,
+        seed=cfg.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        augment=augment,
+    )
+    val = source(
+        "val", batch_size=cfg.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size
+    )
+    test = source("test", batch_size=cfg.eval_batch_size, train=False)
+    return train, val, test
+
+
+def calibrate(model, train_source: PixmoBatchSource, count: int, batch_size: int) -> None:
+    """BatchNorm statistics of a random trunk from the first ``count`` training images (fixed
+    set, no augmentation, so a resumed run computes the same statistics)."""
+    images = train_source.images[:count]
+    batches = (
+        normalize_pixmo(images[i : i + batch_size]) for i in range(0, len(images), batch_size)
+    )
+    model.backbone.calibrate_batch_norm(batches)
+
+
+def synthetic_test_accuracy(data_dir: Path, preds: list[int]) -> float | None:
+    """Accuracy against the generator's test_labels.txt (synthetic data only)."""
+    path = data_dir / "test_labels.txt"
+    if not path.is_file():
+        return None
+    labels = [int(v) for v in path.read_text().split()]
+    if len(labels) != len(preds):
+        return None
+    return sum(p == t for p, t in zip(preds, labels)) / max(len(labels), 1)
+
+
+def train(cfg: PixmoConfig) -> None:
+    start = time.time()
+    ctx = init_distributed(cfg.device)
+    try:
+        out = Path(FLAGS.output_dir or f"runs/{FLAGS.exp_name}")
+        prepare_run_dir(out, FLAGS.resume, create=False)  # check before any slow work
+        data_dir, synthetic = resolve_data_dir(cfg, ctx)
+        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
+        t0 = time.time()
+        try:
+            splits = load_splits(data_dir, cfg)  # every bad-data check happens here
+        except PixmoDataError as err:
+            raise UserError(str(err)) from None
+        prep_seconds = time.time() - t0
+        resolved = dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
+        if FLAGS.resume:
+            check_resume_config(out, resolved)
+        if ctx.is_main:
+            prepare_run_dir(out, FLAGS.resume)
+            if not FLAGS.resume:
+                write_config(out, resolved)
+        if ctx.distributed:
+            dist.barrier()
+        log = setup_logging(out, ctx.is_main)
+        if synthetic:
+            log.warning(synthetic_pixmo.BANNER)
+        log.info(
+            f"run {out}: preset {FLAGS.exp_name}, {ctx.world_size} process(es) on {ctx.device}"
+        )
+        sizes = ", ".join(f"{len(d)} {s}" for s, d in splits.items())
+        log.info(
+            f"data {data_dir}: {sizes}; padded to squares of {cfg.image_size} px once "
+            f"in {prep_seconds:.1f}s"
+        )
+
+        seed_everything(cfg.seed)  # same initial weights on every process (and on resume)
+        model, pretrained = build_model(cfg, log.info)
+        model = model.to(ctx.device)
+        channels_last = cfg.channels_last and ctx.device.type == "cuda"
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        train_src, val_src, test_src = batch_sources(splits, cfg, ctx, channels_last)
+        if not pretrained:
+            calibrate(model, train_src, cfg.bn_calibration_images, cfg.eval_batch_size)
+            log.info(
+                f"random trunk: BatchNorm statistics set from {cfg.bn_calibration_images} "
+                "training images"
+            )
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info(f"model: {cfg.model}, {n_train:,} trainable parameters")
+
+        trainer = Trainer(
+            model,
+            train_src,
+            val_src,
+            out,
+            TrainConfig.from_config(cfg),
+            dist_ctx=ctx,
+            full_config=resolved,
+            resume=FLAGS.resume,
+            logger=log,
+        )
+        result = trainer.fit()
+        if ctx.is_main:
+            best = torch.load(out / BEST_FILE, map_location=ctx.device, weights_only=False)
+            load_trainable_state(model, best["model"])
+            preds = inference(model, test_src, out / "test_pixmo.txt", cfg.precision)
+            log.info(
+                f"best val acc {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
+                f"wrote {len(preds)} predictions to {out / 'test_pixmo.txt'}"
+            )
+            if synthetic:
+                acc = synthetic_test_accuracy(data_dir, preds)
+                if acc is not None:
+                    log.info(
+                        f"synthetic test accuracy {acc:.4f} (synthetic data: not a PixMo result)"
+                    )
+            log.info(f"done in {time.time() - start:.1f}s")
+    finally:
+        cleanup_distributed()
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])}; see --help", file=sys.stderr)
+        sys.exit(1)
+    run_main(lambda: train(resolve_config()))
+
+
+if __name__ == "__main__":
+    app.run(main)
