@@ -191,6 +191,7 @@ def train(cfg: FlowerConfig) -> None:
 
         seed_everything(cfg.seed)  # same initial prompts/head on every process
         model = build_model(cfg, log.warning).to(ctx.device)
+        seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # but different dropout on each process
         channels_last = cfg.channels_last and ctx.device.type == "cuda"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

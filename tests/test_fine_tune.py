@@ -1,0 +1,191 @@
+"""The shared Trainer, the GPU-side batch transforms and the run-directory helpers (in-process)."""
+
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from fine_tune import LRSchedule, TrainConfig, Trainer, ViTPrompt, inference, predict
+from gpu_transforms import (
+    ImageBatchSource,
+    crop_flip,
+    normalize,
+    sample_crop_offsets,
+    transform_points,
+)
+from training_utils import (
+    CHECKPOINT_FILE,
+    Preempted,
+    UserError,
+    prepare_run_dir,
+    write_predictions,
+)
+
+# ---------------------------------------------------------------- batch transforms
+
+
+def test_crop_flip_matches_torchvision_crop_and_hflip():
+    torch.manual_seed(0)
+    store = torch.randint(0, 256, (3, 3, 20, 24), dtype=torch.uint8)
+    index = torch.tensor([2, 0, 2])
+    oy, ox = torch.tensor([0, 3, 12]), torch.tensor([8, 0, 16])
+    flip = torch.tensor([False, True, True])
+    out = crop_flip(store, index, oy, ox, flip, 8)
+    for b in range(3):
+        expected = TF.crop(store[index[b]], int(oy[b]), int(ox[b]), 8, 8)
+        if flip[b]:
+            expected = TF.horizontal_flip(expected)
+        assert torch.equal(out[b], expected)
+
+
+def test_crop_offsets_cover_the_valid_range_only():
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([[10, 14]]).expand(4000, 2)
+    oy, ox = sample_crop_offsets(sizes, 8, g)
+    assert oy.min() == 0 and oy.max() == 2 and ox.min() == 0 and ox.max() == 6
+
+
+def test_points_move_with_the_crop_and_flip():
+    store = torch.zeros(1, 3, 20, 30, dtype=torch.uint8)
+    store[0, :, 7, 11] = 255  # the pixel whose centre is the point (x=11.5, y=7.5)
+    point = torch.tensor([[11.5, 7.5]])
+    for flip in (False, True):
+        oy, ox, f = torch.tensor([3]), torch.tensor([5]), torch.tensor([flip])
+        crop = crop_flip(store, torch.tensor([0]), oy, ox, f, 10)
+        x, y = transform_points(point, oy, ox, f, 10)[0]
+        row, col = (crop[0, 0] == 255).nonzero()[0].tolist()
+        assert (col + 0.5, row + 0.5) == (x.item(), y.item())
+
+
+def test_normalize_is_imagenet_normalisation():
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    expected = TF.normalize(x.float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    torch.testing.assert_close(normalize(x), expected)
+    assert normalize(x, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def make_source(train, n=40, batch=8, rank=0, world=1, seed=0):
+    g = torch.Generator().manual_seed(1)
+    store = torch.randint(0, 256, (n, 3, 36, 40), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 5
+    if not train:
+        store = store[:, :, :32, :32].contiguous()
+    return ImageBatchSource(
+        store,
+        labels,
+        batch_size=batch,
+        train=train,
+        crop=32,
+        seed=seed,
+        rank=rank,
+        world_size=world,
+    )
+
+
+def test_batches_are_deterministic_and_resumable_mid_epoch():
+    src = make_source(True)
+    full = list(src.batches(epoch=3))
+    assert len(full) == len(src) == 5
+    tail = list(src.batches(epoch=3, start=2))
+    for a, b in zip(full[2:], tail):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    other = next(iter(src.batches(epoch=4)))
+    assert not torch.equal(full[0][1], other[1])  # a new order every epoch
+
+
+def test_ddp_shards_split_each_global_batch():
+    one = list(make_source(True).batches(epoch=1))
+    ranks = [list(make_source(True, rank=r, world=2).batches(epoch=1)) for r in range(2)]
+    for b, (x, y) in enumerate(one):
+        torch.testing.assert_close(torch.cat([ranks[0][b][0], ranks[1][b][0]]), x)
+        assert torch.equal(torch.cat([ranks[0][b][1], ranks[1][b][1]]), y)
+    ev = [
+        torch.cat([y for _, y in make_source(False, n=37, rank=r, world=2).batches()])
+        for r in (0, 1)
+    ]
+    assert len(ev[0]) + len(ev[1]) == 37  # every validation image exactly once
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def test_multistep_schedule_drops_at_milestone_epochs():
+    s = LRSchedule(TrainConfig(epochs=100, milestones=[60, 80], gamma=0.1), steps_per_epoch=50)
+    assert s(0) == 1.0 and s(60 * 50 - 1) == 1.0
+    assert math.isclose(s(60 * 50), 0.1) and math.isclose(s(80 * 50), 0.01)
+
+
+def test_cosine_schedule_with_warmup():
+    s = LRSchedule(TrainConfig(epochs=10, scheduler="cosine", warmup_epochs=2), steps_per_epoch=10)
+    assert math.isclose(s(0), 0.05) and math.isclose(s(19), 1.0)
+    assert math.isclose(s(20 + 40), 0.5, abs_tol=1e-9) and s(99) < 0.01
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def tiny_run(run_dir, stop_at_step=None, resume=False, epochs=3):
+    torch.manual_seed(0)
+    model = ViTPrompt(5, "vit_tiny_test", num_prompts=2, prompt_dropout=0.2, weights=None)
+    config = TrainConfig(epochs=epochs, lr=0.05, momentum=0.9, milestones=[2], log_every=2)
+
+    def stop(trainer, epoch, step):
+        if trainer.global_step == stop_at_step:
+            trainer.request_stop()
+
+    trainer = Trainer(
+        model,
+        make_source(True, seed=7),
+        make_source(False, n=20),
+        prepare_run_dir(run_dir, resume),
+        config,
+        resume=resume,
+        on_step_end=stop if stop_at_step else None,
+    )
+    return trainer.fit(), model
+
+
+@pytest.mark.parametrize("stop_at_step", [7, 10])  # mid-epoch, and at an epoch boundary
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, stop_at_step):
+    expected, model_a = tiny_run(tmp_path / "a")
+    with pytest.raises(Preempted):
+        tiny_run(tmp_path / "b", stop_at_step=stop_at_step)
+    assert (tmp_path / "b" / CHECKPOINT_FILE).is_file()
+    resumed, model_b = tiny_run(tmp_path / "b", resume=True)
+    assert resumed["history"] == expected["history"]
+    torch.testing.assert_close(model_b.prompts, model_a.prompts, rtol=0, atol=0)
+    assert (tmp_path / "b" / "best.pt").is_file()
+    assert list((tmp_path / "b" / "tensorboard").iterdir())
+
+
+def test_accuracy_counts_every_sample(tmp_path):
+    _, model = tiny_run(tmp_path / "run", epochs=1)
+    source = make_source(False, n=23, batch=8)  # uneven last batch
+    trainer = Trainer(model, make_source(True), source, tmp_path / "run", TrainConfig())
+    _, acc = trainer.evaluate(source)
+    preds = torch.tensor(predict(model, source))
+    assert acc == pytest.approx((preds == source.labels).double().mean().item())
+    lines = inference(model, source, tmp_path / "test_flower.txt")
+    assert (tmp_path / "test_flower.txt").read_text().split() == [str(p) for p in lines]
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def test_run_directory_rules(tmp_path):
+    run = tmp_path / "run"
+    prepare_run_dir(run, resume=False)
+    (run / "123.out").write_text("slurm log")  # does not make it a run
+    prepare_run_dir(run, resume=False)
+    with pytest.raises(UserError, match="--resume"):
+        prepare_run_dir(run, resume=True)  # nothing to resume
+    (run / "config.yaml").write_text("{}")
+    with pytest.raises(UserError, match="already holds a run"):
+        prepare_run_dir(run, resume=False)
+
+
+def test_write_predictions_one_int_per_line(tmp_path):
+    write_predictions(tmp_path / "p.txt", [3, 1, 101])
+    assert (tmp_path / "p.txt").read_text() == "3\n1\n101\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.txt"]  # no temporary file left

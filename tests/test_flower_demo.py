@@ -1,0 +1,227 @@
+"""demo_flower.py as a user runs it: smoke preset, preemption + resume, two-process DDP, bad input."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import synthetic_flowers
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "demo_flower.py")
+ENV = dict(os.environ, VIT_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+TINY_PRESETS = """
+flower:
+  tiny:
+    encoder_name: vit_tiny_test
+    method: vpt
+    num_prompts: 2
+    lr: 0.05
+    momentum: 0.9
+    milestones: [2]
+    epochs: EPOCHS
+    batch_size: 16
+    eval_batch_size: 16
+    image_size: 32
+    resize_size: 36
+    precision: fp32
+"""
+
+
+def run_demo(*args, cwd, timeout=600):
+    return subprocess.run(
+        [sys.executable, DEMO, *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A folder with a small synthetic data set (real format) and a presets file."""
+    root = tmp_path_factory.mktemp("flower")
+    counts = {"train": 64, "val": 32, "test": 40}
+    synthetic_flowers.generate(root / "data", seed=1, counts=counts, log=lambda _: None)
+    for epochs in (3, 40):
+        (root / f"tiny{epochs}.yml").write_text(TINY_PRESETS.replace("EPOCHS", str(epochs)))
+    return root
+
+
+def tiny_args(tiny, out, epochs=3):
+    return ["--config", str(tiny / f"tiny{epochs}.yml"), "--exp_name", "tiny",
+            "--data_dir", str(tiny / "data"), "--output_dir", str(out)]  # fmt: skip
+
+
+def history(run_dir):
+    return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)["history"]
+
+
+@pytest.mark.slow
+def test_flower_smoke_end_to_end(tmp_path):
+    start = time.time()
+    result = run_demo(cwd=tmp_path)  # defaults: --exp_name flower_smoke, runs/flower_smoke
+    elapsed = time.time() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SYNTHETIC DATA" in result.stdout
+    run = tmp_path / "runs" / "flower_smoke"
+    assert "SYNTHETIC DATA" in (run / "train.log").read_text()
+    for name in ("config.yaml", "checkpoint.pt", "best.pt", "test_flower.txt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").iterdir())
+    preds = (run / "test_flower.txt").read_text().split("\n")
+    assert preds[-1] == "" and len(preds) - 1 == synthetic_flowers.REAL_COUNTS["test"]
+    assert all(0 <= int(p) < 102 for p in preds[:-1])
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert best["val_acc"] > 5 / 102, "the smoke run should learn the synthetic flowers"
+    assert (tmp_path / "synthetic-data" / "flower-dataset-reduced" / "train_data.pkl").is_file()
+    assert not (tmp_path / "flower-dataset-reduced").exists()  # never in the real data's place
+    print(f"flower_smoke took {elapsed:.0f}s")
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_75_and_resume_matches_uninterrupted(tiny, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, DEMO, *tiny_args(tiny, out, epochs=40)],
+        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "Traceback" not in stderr
+    done = len(history(out))
+    assert 1 <= done < 40
+
+    resumed = run_demo(*tiny_args(tiny, out, epochs=40), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = run_demo(*tiny_args(tiny, tmp_path / "straight", epochs=40), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert history(out) == history(tmp_path / "straight")
+    assert (out / "test_flower.txt").read_text() == (
+        tmp_path / "straight" / "test_flower.txt"
+    ).read_text()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_agrees_with_one_process(tiny, tmp_path):
+    one = run_demo(*tiny_args(tiny, tmp_path / "one"), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         DEMO, *tiny_args(tiny, tmp_path / "two")],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in (tmp_path / "two" / "train.log").read_text()
+    h1, h2 = history(tmp_path / "one"), history(tmp_path / "two")
+    assert len(h1) == len(h2) == 3
+    for a, b in zip(h1, h2):
+        for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    p1 = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]
+    p2 = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)["model"]
+    for k in p1:
+        torch.testing.assert_close(p1[k], p2[k], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def write_pickle(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def copy_data(tiny, dest):
+    dest.mkdir()
+    for split in ("train", "val", "test"):
+        (dest / f"{split}_data.pkl").write_bytes((tiny / "data" / f"{split}_data.pkl").read_bytes())
+    return dest
+
+
+def bad_case(name, tiny, tmp):
+    """Arguments for the demo that must fail with a one-line message naming `expect`."""
+    args = tiny_args(tiny, tmp / "run")
+    if name == "missing_data_dir":
+        return args[:4] + ["--data_dir", str(tmp / "nope")] + args[6:], "does not exist"
+    if name == "unknown_preset":
+        return args[:2] + ["--exp_name", "vit_deeep"] + args[4:], "valid presets"
+    if name == "unknown_key":
+        (tmp / "bad.yml").write_text("flower:\n  tiny:\n    learning_rate: 0.1\n")
+        return ["--config", str(tmp / "bad.yml")] + args[2:], "unknown key 'learning_rate'"
+    if name == "resume_without_checkpoint":
+        return args + ["--resume"], "checkpoint.pt does not exist"
+    data = copy_data(tiny, tmp / "data")
+    args = args[:4] + ["--data_dir", str(data)] + args[6:]
+    if name == "corrupt_pickle":
+        (data / "val_data.pkl").write_bytes(b"\x80\x04this is not a pickle")
+        return args, "val_data.pkl is not a readable pickle"
+    if name == "wrong_shape_pickle":
+        write_pickle(data / "train_data.pkl", ([np.zeros((40, 40), np.uint8)], [0]))
+        return args, "must be an (H, W, 3) uint8"
+    if name == "wrong_container_pickle":
+        write_pickle(data / "test_data.pkl", {"images": [], "labels": []})
+        return args, "2-tuple"
+    if name == "label_out_of_range":
+        images, labels = pickle.loads((data / "train_data.pkl").read_bytes())
+        labels[5] = 102
+        write_pickle(data / "train_data.pkl", (images, labels))
+        return args, "label 102 of image 5"
+    raise KeyError(name)
+
+
+BAD_CASES = [
+    "missing_data_dir",
+    "unknown_preset",
+    "unknown_key",
+    "resume_without_checkpoint",
+    "corrupt_pickle",
+    "wrong_shape_pickle",
+    "wrong_container_pickle",
+    "label_out_of_range",
+]
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", BAD_CASES)
+def test_bad_input_is_one_line_and_writes_nothing(name, tiny, tmp_path):
+    args, expect = bad_case(name, tiny, tmp_path)
+    before = snapshot(tmp_path)
+    result = run_demo(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], result.stderr
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_without_resume_is_refused(tiny, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("keep: me\n")
+    (run / "checkpoint.pt").write_bytes(b"precious")
+    before = snapshot(tmp_path)
+    result = run_demo(*tiny_args(tiny, run), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already holds a run" in lines[0] and "--resume" in lines[0]
+    assert snapshot(tmp_path) == before
