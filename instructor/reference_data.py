@@ -1003,7 +1003,18 @@ def generate(out_dir=None, split="public", exercises=None):
         raise ValueError(f"split={split!r} is unknown; use 'public' or 'hidden'")
     out_dir = OUT_DIRS[split] if out_dir is None else out_dir
     os.makedirs(out_dir, exist_ok=True)
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    # One thread: the same float results whatever the machine's core count.
+    torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _generate(out_dir, split, exercises)
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+
+
+def _generate(out_dir, split, exercises):
     written = []
     for offset, (exercise_id, make) in enumerate(MAKERS.items()):
         if exercises is not None and exercise_id not in exercises:
