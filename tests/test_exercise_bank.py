@@ -355,3 +355,28 @@ def test_handout_commands_work():
     ):
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0 and "OK" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("pos_embedding", ["none", "learned1d", "learned2d", "sinusoidal"])
+def test_vision_transformer_trains_and_rolls_out(pos_embedding):
+    import torch
+
+    import transformer_utils as tu
+
+    torch.manual_seed(0)
+    vit = tu.VisionTransformer(embed_dim=32, depth=2, num_heads=2, pos_embedding=pos_embedding)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    optimizer = torch.optim.SGD(vit.parameters(), lr=0.1)
+    logits, attentions = vit(x, return_attention=True)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    optimizer.step()
+    assert logits.shape == (4, 10) and torch.isfinite(loss)
+    assert all(p.grad is not None for p in vit.parameters()), "a parameter gets no gradient"
+    T = vit.patch_embed.num_patches + 1
+    assert len(attentions) == 2 and attentions[0].shape == (4, 2, T, T)
+    rollout, cls_map = tu.attention_rollout(attentions)
+    assert rollout.shape == (4, T, T) and cls_map.shape == (4, T - 1)
+    assert torch.allclose(rollout.sum(-1), torch.ones(4, T), atol=1e-5)
+    with pytest.raises(ValueError, match="pos_embedding"):
+        tu.VisionTransformer(pos_embedding="learned3d")
