@@ -287,6 +287,36 @@ MISTAKES = [
         "norm1 used before the MLP too",
     ),
     (
+        "decoder_layer",
+        "self.self_attn(h, h, h, attn_mask=self_attn_mask)",
+        "self.self_attn(h, h, h)",
+        "causal mask is not used",
+    ),
+    (
+        "vision_transformer",
+        "logits = self.head(self.norm(tokens)[:, 0])",
+        "logits = self.head(tokens[:, 0])",
+        "final LayerNorm self.norm is skipped",
+    ),
+    (
+        "positional_encoding",
+        "pe[:, 0::2] = torch.sin(angles)\n    pe[:, 1::2] = torch.cos(angles)",
+        "pe[:, 0::2] = torch.cos(angles)\n    pe[:, 1::2] = torch.sin(angles)",
+        "sine and cosine swapped",
+    ),
+    (
+        "patch_embedding",
+        "x = x.permute(0, 2, 4, 1, 3, 5)",
+        "x = x.permute(0, 4, 2, 1, 3, 5)",
+        "patches listed column by column",
+    ),
+    (
+        "multi_head_attention",
+        "out = self.out_proj(out)  # (B, T, E)",
+        "out = out",
+        "out_proj is not applied",
+    ),
+    (
         "conv2d",
         "out = weight.reshape(C_out, -1) @ cols",
         "out = weight.flip(-1, -2).reshape(C_out, -1) @ cols",
