@@ -535,6 +535,17 @@ def _load_cases(file_name):
     return cases, mistakes
 
 
+def describe_input(case_input):
+    """One line about a case's input, e.g. "x (32, 12, 16), num_heads=4"."""
+    parts = []
+    for key, value in case_input.items():
+        if isinstance(value, torch.Tensor):
+            parts.append(f"{key} {tuple(value.shape)}")
+        elif isinstance(value, (bool, int, float, str, tuple)):
+            parts.append(f"{key}={value!r}")
+    return ", ".join(parts)
+
+
 def _student_module():
     """Import transformer_utils lazily, so this file can be imported without it."""
     return importlib.import_module("transformer_utils")
@@ -576,8 +587,8 @@ class TestClass(unittest.TestCase):
             )
             if problem:
                 self.fail(
-                    f"{info['name']} (exercise {info['number']}), case {i + 1} of "
-                    f"{len(cases)}: {problem}"
+                    f"{info['name']} (exercise {info['number']}), case {i + 1} of {len(cases)} "
+                    f"[{describe_input(case['input'])}]:\n{problem}"
                 )
 
     @exercise(id="self_attention", number="1.1", points=2, visibility="visible",
