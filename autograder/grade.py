@@ -17,7 +17,7 @@ from . import compare, data, sandbox
 from .assignment import KIT_ROOT, load_assignment
 from .declarations import read_declarations
 from .predictions import PredictionError, grade_predictions, parse_lines, read_capped
-from .results import write_results
+from .results import normalise, write_results
 
 MAX_SOURCE_BYTES = 2_000_000
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -310,6 +310,7 @@ def grade(submission, results_path, labels_dir, options=None):
     finally:
         results["execution_time"] = time.monotonic() - start
         write_results(results_path, results)
+    results = normalise(results)
     if not opts.quiet:
         print(summary(results))
     return results
@@ -357,11 +358,19 @@ def _grade(submission, results_path, labels_dir, opts):
         }
     )
     unwritable = [str(results_path)]
+    labels = {}
+    for part in assignment.predictions:  # the instructor's files: check them before anything
+        try:
+            labels[part.file] = parse_lines(
+                read_capped(labels_dir / part.file, 10_000_000), part.num_classes
+            )
+        except PredictionError as exc:
+            raise ValueError(f"labels {labels_dir / part.file}: {exc}") from None
     caps = sandbox.detect(opts.namespaces)
     # Start the sandbox first: its torch import is the slow part, so the checks below overlap.
     state = _start_exercises(assignment, decls, sub_root, opts, protected, unwritable)
     try:
-        other_tests, leaderboard = _grade_files(assignment, sub_root, labels_dir)
+        other_tests, leaderboard = _grade_files(assignment, sub_root, labels)
     finally:
         tests = _finish_exercises(state, decls)
     tests += other_tests
@@ -382,15 +391,11 @@ def _grade(submission, results_path, labels_dir, opts):
     return {"tests": tests, "output": "\n".join(out), "leaderboard": leaderboard}
 
 
-def _grade_files(assignment, sub_root, labels_dir):
+def _grade_files(assignment, sub_root, labels):
     """Prediction files and required files (no student code runs)."""
     tests, leaderboard = [], []
     for part in assignment.predictions:
-        try:
-            labels = parse_lines(read_capped(labels_dir / part.file, 10_000_000), part.num_classes)
-        except PredictionError as exc:
-            raise ValueError(f"labels {labels_dir / part.file}: {exc}") from None
-        score, accuracy, message = grade_predictions(sub_root / part.file, labels, part)
+        score, accuracy, message = grade_predictions(sub_root / part.file, labels[part.file], part)
         tests.append(_test(part.name, part.number, score, part.points, message, part.visibility))
         if part.leaderboard:
             leaderboard.append(

@@ -19,10 +19,12 @@ Layers, strongest first (each is reported by :func:`describe`):
   returned as ``.npz`` read with ``allow_pickle=False``.
 """
 
+import fcntl
 import functools
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -49,7 +51,7 @@ for d in /usr /bin /sbin /lib /lib32 /lib64 /libx32 /etc; do
 done
 for d in "$@"; do robind "$d"; done
 mkdir -p "$NEW/box" "$NEW/tmp" "$NEW/dev/shm" "$NEW/proc"
-mount --bind "$BOX" "$NEW/box"
+mount --rbind "$BOX" "$NEW/box"
 mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev tmpfs "$NEW/tmp"
 mount -t tmpfs -o mode=1777,size=16m,nosuid,nodev tmpfs "$NEW/dev/shm"
 for n in null zero full random urandom; do
@@ -132,6 +134,37 @@ def interpreter_dirs():
     return keep
 
 
+UID_RANGE = 256  # sandbox uids: NOBODY, NOBODY - 1, ... (no passwd entry needed)
+LOCK_DIR = Path("/run/autograder-uids")
+
+
+def acquire_uid(preferred):
+    """Lock a sandbox uid that no other grader on this machine is using right now.
+
+    Every process of the sandbox uid is killed after each run, so two graders (two CI jobs,
+    two grade-all batches) must never share one. Returns ``(uid, lock_fd or None)``.
+    """
+    try:
+        LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(LOCK_DIR)
+        if st.st_uid != 0 or not stat.S_ISDIR(st.st_mode):
+            return preferred, None
+    except OSError:
+        return preferred, None
+    for k in range(UID_RANGE):
+        uid = preferred - k
+        try:
+            fd = os.open(LOCK_DIR / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except OSError:
+            os.close(fd)
+    return preferred, None
+
+
 @dataclass
 class SandboxResult:
     """What came back from one sandbox run (all of it untrusted except ``records``)."""
@@ -211,6 +244,9 @@ def start_sandbox(
     """
     caps = detect(allow_namespaces)
     drop = caps.root
+    uid_lock = None
+    if drop:
+        uid, uid_lock = acquire_uid(uid)
     work = Path(tempfile.mkdtemp(prefix="autograder-"))
     os.chmod(work, 0o711)
     box = work / "box"
@@ -224,12 +260,30 @@ def start_sandbox(
         (box / "inputs" / f"{ex_id}.pkl").write_bytes(data)
     shutil.copyfile(CHILD_SCRIPT, box / "sandbox_child.py")
     (box / "out").mkdir(mode=0o755)
+    out_mounted = False
+    if caps.namespaces:
+        # A size-limited tmpfs for everything the student's processes may write here, so a
+        # flood of files cannot fill the grading machine's disk.
+        size_mb = limits.max_file_mb * 2 * max(1, len(exercises)) + 16
+        out_mounted = (
+            subprocess.run(
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"size={size_mb}m,mode=0755,nosuid,nodev,noexec",
+                    "agout",
+                    str(box / "out"),
+                ],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
     (box / "rec").mkdir(mode=0o700)  # supervisor records: root only
     for ex in exercises:
-        d = box / "out" / ex["id"]
-        d.mkdir(mode=0o700)
-        if drop:
-            os.chown(d, uid, uid)
+        # root-owned until the supervisor hands it to the exercise process that writes it
+        (box / "out" / ex["id"]).mkdir(mode=0o700)
     box_in_child = "/box" if caps.namespaces else str(box)
     job = {
         "require_safe": require_safe,
@@ -288,6 +342,8 @@ def start_sandbox(
         mode = "privilege-drop" if drop else "unprivileged"
     result = SandboxResult(out_dir=box / "out", mode=mode)
     result.work, result.uid, result.drop = work, uid, drop
+    result.out_mounted = out_mounted
+    result.uid_lock = uid_lock
     result.deadline = limits.startup_s + sum(ex["timeout_s"] + 5 for ex in exercises)
     result.started = time.monotonic()
     result.proc = subprocess.Popen(
@@ -348,5 +404,10 @@ def run_sandbox(*args, **kwargs):
 def cleanup(result):
     """Remove the sandbox's working directory (after the outputs were read)."""
     work = getattr(result, "work", None)
+    if getattr(result, "out_mounted", False):
+        subprocess.run(["umount", "-l", str(Path(work) / "box" / "out")], capture_output=True)
     if work and Path(work).exists():
         shutil.rmtree(work, ignore_errors=True)
+    if getattr(result, "uid_lock", None) is not None:
+        os.close(result.uid_lock)  # releases the uid for the next sandbox
+        result.uid_lock = None

@@ -312,6 +312,9 @@ def main():
     _say("torch imported")
     for ex in JOB["exercises"]:
         _say(f"running exercise {ex['id']}")
+        out_dir = os.path.join(JOB["out"], ex["id"])
+        if DROP:
+            os.chown(out_dir, UID, GID)  # writable by this exercise's process only
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -341,6 +344,9 @@ def main():
             time.sleep(0.01)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         kill_sandbox_user()
+        if DROP:
+            os.chown(out_dir, 0, 0)  # later exercises cannot touch these outputs
+            os.chmod(out_dir, 0o700)
         rec = {
             "timed_out": timed_out,
             "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,

@@ -12,12 +12,14 @@ import hashlib
 import json
 import os
 import random
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from autograder import sandbox
 from autograder.grade import GradeOptions
 from autograder.grade_all import grade_all
 
@@ -82,10 +84,13 @@ def _prediction_variant(variant, labels, num_classes):
 
 
 def _fingerprint():
+    """Hashes of the files edit_grader_files.py attacks (the rest of the kit may legitimately
+    be regenerated while the suite runs on a shared machine)."""
     files = [
-        *sorted((ROOT / "autograder").glob("*.py")),
+        ROOT / "autograder" / "grade.py",
+        ROOT / "autograder" / "compare.py",
         ROOT / "test_functions.py",
-        *sorted(HIDDEN.glob("*.pkl")),
+        HIDDEN / "self_attention.pkl",
     ]
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
@@ -153,7 +158,6 @@ def graded(tmp_path_factory):
             (sub / name).unlink(missing_ok=True)
             (sub / name).symlink_to(fill(target))
     before = _fingerprint()
-    uids = {sandbox.NOBODY - i for i in range(JOBS)}
     start = time.monotonic()
     grade_all(
         subs,
@@ -169,6 +173,9 @@ def graded(tmp_path_factory):
     for case in CASES:
         text = (results_dir / case / "results.json").read_text()
         results[case] = (text, json.loads(text))
+    # the sandbox users this run used (each sandbox locks its own; see sandbox.acquire_uid)
+    uids = {int(u) for _, res in results.values() for u in re.findall(r"uid (\d+)", res["output"])}
+    assert uids and 0 not in uids
     return {
         "results": results,
         "before": before,
@@ -226,3 +233,55 @@ def test_protections_are_reported(graded):
 def test_csv_has_one_row_per_case(graded):
     rows = graded["csv"].read_text().splitlines()
     assert len(rows) == len(CASES) + 1
+
+
+def test_gradescope_layout_without_namespaces(tmp_path):
+    """The fallback used where namespaces are unavailable (e.g. Gradescope's container):
+    the zip unpacked into <tmp>/autograder/source, paths made root-only as run_autograder
+    does, privilege drop only. A correct upload gets full marks; reading the hidden data fails."""
+    import shutil
+    import zipfile
+
+    from instructor.gradescope import build_zip
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "test_flower.txt").write_text("".join(f"{i % 102}\n" for i in range(N_FLOWER)))
+    (labels / "test_pixmo.txt").write_text("".join(f"{i % 20}\n" for i in range(N_PIXMO)))
+    build_zip(tmp_path / "ag.zip", labels)
+    top = tmp_path / "autograder"
+    source = top / "source"
+    source.mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "ag.zip") as zf:
+        zf.extractall(source)
+    reference = (ROOT / "transformer_utils.py").read_text()
+    attack = (SUBMISSIONS / "read_hidden_data.py").read_text()
+    attack = attack.replace("@HIDDEN@", str(source / "autograder" / "reference_data"))
+    outcomes = {}
+    for name, code in (("correct", ""), ("read_hidden_data", attack)):
+        sub = top / "submission" / name
+        sub.mkdir(parents=True)
+        (sub / "transformer_utils.py").write_text(reference + "\n\n" + code)
+        for label in ("test_flower.txt", "test_pixmo.txt"):
+            shutil.copyfile(labels / label, sub / label)
+        for script in ("script_q2.py", "script_q3.py"):
+            (sub / script).write_text("print('train')\n")
+    (top / "results").mkdir()
+    os.chmod(tmp_path, 0o711)
+    os.chmod(top, 0o711)
+    for path in (source, top / "submission", top / "results"):
+        os.chmod(path, 0o700)
+    for name in ("correct", "read_hidden_data"):
+        # run from the unpacked zip, exactly as run_autograder does (minus the chmods done above)
+        subprocess.run(
+            [sys.executable, "-m", "autograder", "grade", str(top / "submission" / name),
+             "--results", str(top / "results" / f"{name}.json"), "--labels", str(source / "labels"),
+             "--no-namespaces", "--timeout", str(TIMEOUT_S)],
+            cwd=source, capture_output=True, timeout=600, check=True,
+        )  # fmt: skip
+        outcomes[name] = json.loads((top / "results" / f"{name}.json").read_text())
+    assert outcomes["correct"]["score"] == 12, outcomes["correct"]
+    assert "namespaces: NOT available" in outcomes["correct"]["output"]
+    assert "verified by probe" in outcomes["correct"]["output"]
+    hidden = [t for t in outcomes["read_hidden_data"]["tests"] if "SelfAttention" in t["name"]][0]
+    assert hidden["score"] == 0 and "hidden data not readable" in hidden["output"]
