@@ -715,7 +715,7 @@ def make_differential_attention(seed, hidden):
 # ---------------------------------------------------------------------------
 
 
-def _conv_outputs(inp, flip=False, no_bias=False, mean_bias_grad=False):
+def _conv_outputs(inp, flip=False, no_bias=False, mean_bias_grad=False, mean_weight_grad=False):
     x = inp["x"].clone().requires_grad_(True)
     w = inp["weight"].clone().requires_grad_(True)
     b = None if inp["bias"] is None else inp["bias"].clone().requires_grad_(True)
@@ -724,6 +724,8 @@ def _conv_outputs(inp, flip=False, no_bias=False, mean_bias_grad=False):
     out = F.conv2d(x, kernel, None if no_bias else b, inp["stride"], inp["padding"])
     out.backward(inp["grad_out"])
     result = {"out": out.detach(), "grad_x": x.grad, "grad_weight": w.grad}
+    if mean_weight_grad:
+        result["grad_weight"] = w.grad / x.shape[0]
     if b is not None:
         grad_b = inp["grad_out"].sum((0, 2, 3))
         if no_bias:
@@ -767,7 +769,10 @@ def make_conv2d(seed, hidden):
         wrong = {
             "the kernel is flipped (true convolution): nn.Conv2d computes a cross-correlation, no flip": _conv_outputs(
                 inp, flip=True
-            )
+            ),
+            "the weight gradient is averaged over the batch: sum the per-image gradients": (
+                _conv_outputs(inp, mean_weight_grad=True)
+            ),
         }
         if bias:
             wrong["the bias is not added in forward"] = _conv_outputs(inp, no_bias=True)
