@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from gpu_transforms import (
@@ -90,9 +91,18 @@ def train_store(images, resize_size: int, device=None):
     """Resize every image once (shorter side -> resize_size) and pad them into one uint8 store.
 
     Returns (store (N, 3, Hmax, Wmax) uint8, sizes (N, 2)) on ``device``; random crops are cut
-    from it per batch (``gpu_transforms.crop_flip``).
+    from it per batch (``gpu_transforms.crop_flip``). The store is padded to the largest
+    image, so a rare panorama would blow it up: the long side is centre-cropped to at most
+    2 x resize_size (flower photos are far less elongated, so this changes nothing there).
     """
-    resized = [resize_shorter_side(to_chw_uint8(im).to(device), resize_size) for im in images]
+    resized = []
+    for im in images:
+        im = resize_shorter_side(to_chw_uint8(im).to(device), resize_size)  # (3, H', W')
+        h, w = im.shape[1:]
+        cap = 2 * resize_size
+        if max(h, w) > cap:
+            im = TF.center_crop(im, [min(h, cap), min(w, cap)])
+        resized.append(im)
     return pad_stack(resized, device)
 
 

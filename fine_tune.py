@@ -455,9 +455,9 @@ class Trainer:
         totals = torch.zeros(3, dtype=torch.float64, device=self.ctx.device)
         for batch in source.batches(0):
             loss, logits, labels = self._forward_loss(self.eval_model, batch, reduction="sum")
-            known = labels >= 0
+            known = labels >= 0  # masks, not boolean indexing: indexing would wait for the GPU
             totals[0] += loss.double()
-            totals[1] += (logits.argmax(1)[known] == labels[known]).sum()
+            totals[1] += ((logits.argmax(1) == labels) & known).sum()
             totals[2] += known.sum()
         loss_sum, correct, count = _all_reduce(totals.tolist(), self.ctx)
         return loss_sum / max(count, 1), correct / max(count, 1)

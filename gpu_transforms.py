@@ -19,6 +19,7 @@ Pieces, usable on their own (Question 3 reuses them for images with a point):
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -54,11 +55,12 @@ def pad_stack(images: Sequence[torch.Tensor], device=None) -> tuple[torch.Tensor
     """
     hmax = max(im.shape[1] for im in images)
     wmax = max(im.shape[2] for im in images)
-    store = torch.zeros(len(images), 3, hmax, wmax, dtype=torch.uint8)
+    device = device if device is not None else images[0].device
+    store = torch.zeros(len(images), 3, hmax, wmax, dtype=torch.uint8, device=device)
     for i, im in enumerate(images):
         store[i, :, : im.shape[1], : im.shape[2]] = im
     sizes = torch.tensor([[im.shape[1], im.shape[2]] for im in images], dtype=torch.long)
-    return store.to(device), sizes.to(device)
+    return store, sizes.to(device)
 
 
 def sample_crop_offsets(
@@ -121,6 +123,15 @@ def transform_points(
     return torch.stack([x, y], dim=1)
 
 
+@functools.lru_cache(maxsize=16)
+def _affine(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of shape (1, 3, 1, 1) on ``device``, made once: creating them per batch
+    would copy from the host each time, and that copy waits for the GPU to catch up."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (1.0 / (255.0 * std_t)).to(device), (-mean_t / std_t).to(device)
+
+
 def normalize(
     images: torch.Tensor,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -129,10 +140,7 @@ def normalize(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> float ``(x / 255 - mean) / std`` as one multiply-add."""
-    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
-    scale = 1.0 / (255.0 * std_t)
-    shift = -mean_t / std_t
+    scale, shift = _affine(images.device, tuple(mean), tuple(std))
     out = torch.addcmul(shift, images.float(), scale).to(dtype)
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)

@@ -204,6 +204,9 @@ def select_device(local_rank: int = 0, device: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise UserError("device 'cuda' requested but no GPU is available; use device: auto")
         torch.cuda.set_device(local_rank)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 parts outside autocast
+        torch.backends.cudnn.allow_tf32 = True
         return torch.device("cuda", local_rank)
     return torch.device(device)
 

@@ -1,0 +1,188 @@
+"""One VPT-Deep training step: our ViT vs torchvision's vit_b_32, side by side in one process.
+
+    python benchmarks/bench_vit_step.py                 # GPU: batch 128, bf16, eager + compile
+    python benchmarks/bench_vit_step.py --tiny          # CPU check that the code runs (default
+                                                        # when no GPU): a tiny ViT, batch 8
+
+Both models get the same weights and the same step: 10 prompts per layer inserted after the
+CLS token (deep: replaced before every layer), frozen backbone in eval mode, SGD on prompts
+and head, cross-entropy, bf16 autocast on CUDA. torchvision's side is what a student writes on
+top of ``torchvision.models.vit_b_32``: a loop over its ``EncoderBlock`` modules
+(``nn.MultiheadAttention`` inside) with the prompts spliced in.
+
+Reports images/s for each model and mode (eager, torch.compile), the ratio ours/torchvision
+(target >= 1.0x) and the peak GPU memory of each step (target: ours no higher). Timings on the
+CPU say nothing about the GPU targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vision_transformer import ENCODER_SPECS, build_vit  # noqa: E402
+
+
+class TorchvisionVPT(nn.Module):
+    """VPT-Deep/Shallow on an unmodified torchvision VisionTransformer (the baseline)."""
+
+    def __init__(
+        self, vit: torchvision.models.VisionTransformer, n_classes, num_prompts=10, deep=True
+    ):
+        super().__init__()
+        self.vit = vit.requires_grad_(False).eval()
+        d = vit.hidden_dim
+        layers = len(vit.encoder.layers) if deep else 1
+        v = (6.0 / (d + d)) ** 0.5
+        self.prompts = nn.Parameter(torch.empty(layers, num_prompts, d).uniform_(-v, v))
+        self.head = nn.Linear(d, n_classes)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.vit.eval()
+        return self
+
+    def forward(self, images):
+        vit = self.vit
+        x = vit._process_input(images)  # (B, N, D)
+        b, p = x.shape[0], self.prompts.shape[1]
+        x = torch.cat([vit.class_token.expand(b, -1, -1), x], dim=1)
+        x = vit.encoder.dropout(x + vit.encoder.pos_embedding)
+        for i, layer in enumerate(vit.encoder.layers):
+            if i == 0 or self.prompts.shape[0] > 1:
+                rest = x[:, 1:] if i == 0 else x[:, 1 + p :]
+                x = torch.cat([x[:, :1], self.prompts[i].expand(b, -1, -1).to(x.dtype), rest], 1)
+            x = layer(x)
+        return self.head(vit.encoder.ln(x)[:, 0])
+
+
+class OursVPT(nn.Module):
+    """The same step on our ViT (``fine_tune.ViTPrompt`` without building it from weights)."""
+
+    def __init__(self, vit, n_classes, num_prompts=10, deep=True):
+        super().__init__()
+        self.vit = vit.requires_grad_(False).eval()
+        d = vit.hidden_dim
+        layers = vit.num_layers if deep else 1
+        v = (6.0 / (d + d)) ** 0.5
+        self.prompts = nn.Parameter(torch.empty(layers, num_prompts, d).uniform_(-v, v))
+        self.head = nn.Linear(d, n_classes)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.vit.eval()
+        return self
+
+    def forward(self, images):
+        return self.head(self.vit.features(images, self.prompts))
+
+
+def make_models(spec: dict, n_classes: int, device):
+    tv = torchvision.models.VisionTransformer(**spec)
+    ours = build_vit(**{"encoder_name": "vit_b_32", **spec})
+    ours.load_state_dict(tv.state_dict(), strict=True)  # same weights in both
+    torch.manual_seed(0)
+    a = TorchvisionVPT(tv, n_classes).to(device)
+    torch.manual_seed(0)
+    b = OursVPT(ours, n_classes).to(device)
+    return {"torchvision": a, "ours": b}
+
+
+def time_steps(model, images, labels, steps, warmup, bf16, device):
+    """Seconds per training step (median of `steps`) and peak memory (bytes, CUDA only)."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    model.train()
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):  # includes compilation for torch.compile
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    times.sort()
+    return times[len(times) // 2], peak
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny ViT, small batch (CPU check)")
+    parser.add_argument("--batch", type=int, default=None, help="default 128 (8 with --tiny)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20, 5 tiny)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps (default 5, 2 tiny)"
+    )
+    parser.add_argument("--modes", default="eager,compile", help="comma list: eager,compile")
+    parser.add_argument("--channels_last", action="store_true", help="channels_last inputs")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tiny = args.tiny or device.type == "cpu"
+    spec = dict(ENCODER_SPECS["vit_tiny_test" if tiny else "vit_b_32"])
+    batch = args.batch or (8 if tiny else 128)
+    steps = args.steps or (5 if tiny else 20)
+    warmup = args.warmup or (2 if tiny else 5)
+    bf16 = device.type == "cuda"
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
+          f"{'TINY ViT ' if tiny else 'ViT-B/32 '}{spec}, batch {batch}, "
+          f"{'bf16 autocast' if bf16 else 'fp32'}, {steps} timed steps after {warmup} warm-up")  # fmt: skip
+    if device.type == "cpu":
+        print("CPU run: checks that the benchmark executes; the figures are NOT the GPU targets.")
+
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, spec["image_size"], spec["image_size"], device=device)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 102, (batch,), device=device)
+    results = {}
+    for mode in args.modes.split(","):
+        for name, model in make_models(spec, 102, device).items():
+            run = torch.compile(model) if mode == "compile" else model
+            sec, peak = time_steps(run, images, labels, steps, warmup, bf16, device)
+            results[f"{name}/{mode}"] = dict(
+                img_per_s=batch / sec, step_ms=sec * 1e3, peak_bytes=peak
+            )
+            mem = f", peak {peak / 2**20:.0f} MiB" if peak is not None else ""
+            print(f"{name:12s} {mode:8s} {batch / sec:9.1f} img/s  ({sec * 1e3:.1f} ms/step){mem}")
+            del run, model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    for mode in args.modes.split(","):
+        a, b = results.get(f"ours/{mode}"), results.get(f"torchvision/{mode}")
+        if a and b:
+            line = f"ratio ours/torchvision ({mode}): speed {a['img_per_s'] / b['img_per_s']:.2f}x"
+            if a["peak_bytes"]:
+                line += f", peak memory {a['peak_bytes'] / b['peak_bytes']:.2f}x"
+            print(line)
+    print(json.dumps({"device": str(device), "tiny": tiny, "batch": batch, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
