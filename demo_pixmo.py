@@ -162,8 +162,9 @@ def resolve_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
     return synth, True
 
 
-def load_splits(data_dir: Path, cfg: PixmoConfig) -> dict[str, PixmoPointsDataset]:
-    """Read and check every split (all bad-input errors happen here), pad and resize once."""
+def load_splits(data_dir: Path, cfg: PixmoConfig, device) -> dict[str, PixmoPointsDataset]:
+    """Read and check every split (all bad-input errors happen here), then pad and resize
+    each image once, on ``device``, where the uint8 images stay for the whole run."""
     limits = {"train": cfg.max_train_images, "val": cfg.max_val_images, "test": 0}
     splits = {}
     for split, limit in limits.items():
@@ -171,7 +172,7 @@ def load_splits(data_dir: Path, cfg: PixmoConfig) -> dict[str, PixmoPointsDatase
         if limit:
             data = data[:limit]
         where = str(data_dir / f"{split}_data.pkl")
-        splits[split] = PixmoPointsDataset(data, split, cfg.image_size, where=where)
+        splits[split] = PixmoPointsDataset(data, split, cfg.image_size, where=where, device=device)
     return splits
 
 
@@ -260,7 +261,7 @@ def train(cfg: PixmoConfig) -> None:
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
         t0 = time.time()
         try:
-            splits = load_splits(data_dir, cfg)  # every bad-data check happens here
+            splits = load_splits(data_dir, cfg, ctx.device)  # every bad-data check is here
         except PixmoDataError as err:
             raise UserError(str(err)) from None
         prep_seconds = time.time() - t0
@@ -282,7 +283,7 @@ def train(cfg: PixmoConfig) -> None:
         sizes = ", ".join(f"{len(d)} {s}" for s, d in splits.items())
         log.info(
             f"data {data_dir}: {sizes}; padded to squares of {cfg.image_size} px once "
-            f"in {prep_seconds:.1f}s"
+            f"on {ctx.device} in {prep_seconds:.1f}s"
         )
 
         seed_everything(cfg.seed)  # same initial weights on every process (and on resume)
