@@ -92,8 +92,9 @@ kit_forward() {
   fi
 }
 
-# Slurm (22.05 at least) sends the --signal warning once per job, not again after a requeue,
-# so also arm our own warning: SIGUSR1 to this shell WARN_SECONDS before the job's end time.
+# Slurm's --signal warning comes from a periodic check and is not guaranteed (a requeued job
+# on Slurm 22.05 was seen without one), so also arm our own: SIGUSR1 to this shell
+# WARN_SECONDS before the job's end time. Two warnings are harmless.
 kit_arm_warning() {
   KIT_TIMER=""
   [ -n "${SLURM_JOB_ID:-}" ] || return 0

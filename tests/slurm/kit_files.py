@@ -29,7 +29,7 @@ def readme_bash_blocks() -> list[str]:
 
 def readme_block_for(exp_name: str) -> str:
     """The README's bash block that submits preset ``exp_name``."""
-    found = [b for b in readme_bash_blocks() if f"EXP_NAME={exp_name}," in b]
+    found = [b for b in readme_bash_blocks() if re.search(rf"EXP_NAME={exp_name}[,\s]", b)]
     assert len(found) == 1, f"README cluster section: expected one sbatch block for {exp_name}"
     return found[0]
 

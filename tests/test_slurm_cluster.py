@@ -1,0 +1,169 @@
+"""flower.sbatch and pixmo.sbatch on a real (local, single-node) Slurm cluster.
+
+Needs Debian's slurm-wlm and munge (``bash tests/slurm/install_slurm.sh``) and root; without
+them every test here is skipped with the reason. The cluster (tests/slurm/local_cluster.py)
+has a GPU resource bound to /dev/null, so the scripts' ``--gpus=1`` jobs run, on the CPU.
+
+The jobs run in a copy of the kit, on the synthetic data the demos generate. They are all
+submitted at once and Slurm runs them in this order (dependencies), about 6 minutes on a
+2-core machine:
+
+1. the README's flower smoke command, next to 2. the README's pixmo smoke command;
+3. after 1: the flower smoke preset on two processes (``--gpus=2``: torchrun, gloo on CPU);
+4. after 3: the flower smoke preset with a 1-minute time limit, so the job gets the warning
+   signal, checkpoints, requeues itself and resumes until done; its predictions must equal
+   those of job 1, which was never interrupted.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "slurm"))
+from kit_files import copy_kit, readme_block_for  # noqa: E402
+from local_cluster import LocalSlurm, SlurmUnavailable, unavailable_reason  # noqa: E402
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TEST_FILES = {"flower": "test_flower.txt", "pixmo": "test_pixmo.txt"}
+N_TEST = {"flower": 1638, "pixmo": 48}  # synthetic test-set sizes of the smoke presets
+WAIT = 420  # seconds; generous for a busy 2-core CI machine
+# Job 4: a 1-minute limit with the warning 15 s before it (Slurm's and the script's own).
+WARN = 15
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"Slurm tests skipped: {reason}")
+    try:
+        slurm = LocalSlurm.start()
+    except SlurmUnavailable as err:
+        pytest.skip(f"Slurm tests skipped: the local cluster did not start: {err}")
+    yield slurm
+    slurm.stop()
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    return copy_kit(tmp_path_factory.mktemp("kit"))
+
+
+def submit_readme(cluster: LocalSlurm, kit: Path, exp_name: str) -> str:
+    """Run the README's block for ``exp_name``, line by line as a student would; the job id."""
+    job_id = None
+    for line in readme_block_for(exp_name).strip().splitlines():
+        result = subprocess.run(
+            ["bash", "-c", line], cwd=kit, env=cluster.env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"README command failed: {line}\n{result.stderr}"
+        found = re.search(r"Submitted batch job (\d+)", result.stdout)
+        job_id = found.group(1) if found else job_id
+    assert job_id, f"the README block for {exp_name} submitted no job"
+    return job_id
+
+
+@pytest.fixture(scope="module")
+def jobs(cluster, kit):
+    """Submit the four jobs (see the module docstring); {name: (job id, run dir)}."""
+    flower = submit_readme(cluster, kit, "flower_smoke")
+    pixmo = submit_readme(cluster, kit, "pixmo_smoke")
+    submitted = {
+        "flower": (flower, kit / "runs_flower" / "flower_smoke"),
+        "pixmo": (pixmo, kit / "runs_pixmo" / "pixmo_smoke"),
+    }
+    extra = {
+        # The same command with --gpus=2 (what the README says for several GPUs).
+        "two": (["--gpus=2", f"--dependency=afterany:{flower}"], ""),
+        "requeue": (
+            ["--time=1", f"--signal=B:USR1@{WARN}", "--dependency=afterany:{two}"],
+            f",WARN_SECONDS={WARN}",
+        ),
+    }
+    for name, (options, more_env) in extra.items():
+        run = kit / "runs_flower" / name
+        run.mkdir(parents=True)
+        options = [o.format(two=submitted.get("two", ("",))[0]) for o in options]
+        job = cluster.sbatch(
+            [
+                *options,
+                f"--export=ALL,OUTPUT_DIR=runs_flower/{name},EXP_NAME=flower_smoke{more_env}",
+                f"--output=runs_flower/{name}/%j.out",
+                f"--error=runs_flower/{name}/%j.err",
+                "flower.sbatch",
+            ],
+            cwd=kit,
+        )
+        submitted[name] = (job, run)
+    return submitted
+
+
+def finished(cluster: LocalSlurm, job: str, run: Path) -> dict:
+    """Wait for the job; fail with its logs unless it COMPLETED with exit code 0."""
+    info = cluster.wait(job, timeout=WAIT)
+    if info.get("JobState") != "COMPLETED" or info.get("ExitCode") != "0:0":
+        logs = "\n".join(
+            f"--- {p.name} ---\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(run.glob("*"))
+            if p.suffix in (".out", ".err", ".log")
+        )
+        pytest.fail(f"job {job}: {info.get('JobState')} exit {info.get('ExitCode')}\n{logs}")
+    return info
+
+
+def check_run_dir(run: Path, job: str, demo: str) -> list[str]:
+    """The run folder holds everything the contract promises; returns the predictions."""
+    for name in ("config.yaml", "train.log", "checkpoint.pt", "best.pt", f"slurm-{job}.log"):
+        assert (run / name).is_file(), f"{run}/{name} missing"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert (run / f"{job}.out").is_file() and (run / f"{job}.err").is_file()
+    log = (run / f"slurm-{job}.log").read_text()
+    assert "SYNTHETIC" in log, "the synthetic-data banner must reach the job's log"
+    preds = (run / TEST_FILES[demo]).read_text().split()
+    assert len(preds) == N_TEST[demo] and all(p.lstrip("-").isdigit() for p in preds)
+    return preds
+
+
+def test_readme_flower_command_runs(cluster, jobs):
+    job, run = jobs["flower"]
+    info = finished(cluster, job, run)
+    assert info["Restarts"] == "0"
+    check_run_dir(run, job, "flower")
+    out = (run / f"{job}.out").read_text()
+    # --gpus=1 on a GPU-less node: Slurm hands out the /dev/null "GPU" and the demo uses the CPU.
+    assert "GPUs: 0;" in out and "processes: 1;" in out
+
+
+def test_readme_pixmo_command_runs(cluster, jobs):
+    job, run = jobs["pixmo"]
+    finished(cluster, job, run)
+    check_run_dir(run, job, "pixmo")
+
+
+def test_two_processes_with_torchrun(cluster, jobs):
+    job, run = jobs["two"]
+    finished(cluster, job, run)
+    check_run_dir(run, job, "flower")
+    out = (run / f"{job}.out").read_text()
+    assert re.search(r"GPUs: \d+,\d+;", out) and "processes: 2;" in out
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in out
+    assert "2 process(es)" in (run / "train.log").read_text()
+
+
+def test_time_limit_checkpoint_requeue_resume(cluster, jobs):
+    job, run = jobs["requeue"]
+    info = finished(cluster, job, run)
+    assert int(info["Restarts"]) >= 1, "the job should have been requeued at least once"
+    out = (run / f"{job}.out").read_text()
+    assert "caught SIGUSR1" in out
+    assert f"requeued job {job}" in out
+    assert "--resume" in out, "the requeued job must resume from the checkpoint"
+    preds = check_run_dir(run, job, "flower")
+    reference = (jobs["flower"][1] / "test_flower.txt").read_text().split()
+    assert preds == reference, "resumed run must predict exactly like the uninterrupted one"
