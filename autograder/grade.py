@@ -269,6 +269,16 @@ def describe_protections(res, caps, opts, limits):
             f"unwritable from the sandbox [verified by probe, "
             f"{len(opts_protected(res))} paths]"
         )
+    if getattr(res, "cgroups", None):
+        names = " and ".join(
+            sorted({"memory" if "memory" in str(c) else "pids" for c in res.cgroups})
+        )
+        lines.append(
+            f"  - {names} cgroup around the whole sandbox (fork storms cannot exhaust the "
+            "machine) [active]"
+        )
+    else:
+        lines.append("  - cgroups: NOT available here (per-process rlimits only)")
     lines.append(
         f"  - limits per exercise: {limits['timeout_s']:g} s wall, {limits['cpu_s']} s CPU, "
         f"+{limits['memory_mb']} MB address space, {limits['max_procs']} processes, "

@@ -165,6 +165,77 @@ def acquire_uid(preferred):
     return preferred, None
 
 
+def _own_cgroup(controller):
+    """This process's cgroup directory for ``controller`` (v1), or the v2 one; else None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, names, path = line.split(":", 2)
+        if controller in names.split(","):
+            base = Path("/sys/fs/cgroup") / controller
+            return base / path.lstrip("/") if base.is_dir() else None
+    for line in lines:
+        if line.startswith("0::"):
+            base = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+            try:
+                controllers = (Path("/sys/fs/cgroup") / "cgroup.controllers").read_text().split()
+            except OSError:
+                return None
+            return base if controller in controllers else None
+    return None
+
+
+def make_cgroups(name, memory_bytes, max_pids):
+    """Best effort: memory and pids cgroups holding the WHOLE sandbox (every process it forks),
+    so a fork storm of memory hogs cannot exhaust the machine. Returns the created folders."""
+    made = []
+    for controller, files in (
+        (
+            "memory",
+            {
+                "memory.limit_in_bytes": memory_bytes,
+                "memory.max": memory_bytes,
+                "memory.memsw.limit_in_bytes": memory_bytes,
+                "memory.swap.max": 0,
+            },
+        ),
+        ("pids", {"pids.max": max_pids}),
+    ):
+        parent = _own_cgroup(controller)
+        if parent is None:
+            continue
+        folder = parent / name
+        try:
+            folder.mkdir()
+        except OSError:
+            continue
+        ok = False
+        for fname, value in files.items():
+            try:
+                (folder / fname).write_text(str(value))
+                ok = ok or fname in ("memory.limit_in_bytes", "memory.max", "pids.max")
+            except OSError:
+                pass
+        if ok:
+            made.append(folder)
+        else:
+            _remove_cgroup(folder)
+    return made
+
+
+def _remove_cgroup(folder):
+    for _ in range(50):
+        try:
+            folder.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 @dataclass
 class SandboxResult:
     """What came back from one sandbox run (all of it untrusted except ``records``)."""
@@ -340,7 +411,19 @@ def start_sandbox(
     else:
         cmd = [python, "-I", "-B", str(box / "sandbox_child.py"), str(box / "job.json")]
         mode = "privilege-drop" if drop else "unprivileged"
+    cgroups = []
+    if drop:
+        # the supervisor (torch, ~1 GB) plus one exercise process's budget
+        cgroups = make_cgroups(
+            work.name, (limits.memory_mb + 2048) * 1024 * 1024, limits.max_procs * 2 + 32
+        )
+        if cgroups:
+            # enter the cgroups first (the shell writes its own pid), then become the sandbox
+            procs = [str(c / "cgroup.procs") for c in cgroups]
+            script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; exec "$@"'
+            cmd = ["sh", "-c", script, "sh", str(len(procs)), *procs, *cmd]
     result = SandboxResult(out_dir=box / "out", mode=mode)
+    result.cgroups = cgroups
     result.work, result.uid, result.drop = work, uid, drop
     result.out_mounted = out_mounted
     result.uid_lock = uid_lock
@@ -408,6 +491,8 @@ def cleanup(result):
         subprocess.run(["umount", "-l", str(Path(work) / "box" / "out")], capture_output=True)
     if work and Path(work).exists():
         shutil.rmtree(work, ignore_errors=True)
+    for folder in getattr(result, "cgroups", []):
+        _remove_cgroup(folder)
     if getattr(result, "uid_lock", None) is not None:
         os.close(result.uid_lock)  # releases the uid for the next sandbox
         result.uid_lock = None

@@ -64,9 +64,19 @@ def _vm_size_bytes():
     return 0
 
 
+def _oom_score(value):
+    """Make the kernel's out-of-memory killer prefer (high value) or spare (low) this process."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write(str(value))
+    except OSError:
+        pass
+
+
 def drop_privileges(limits):
     """Apply the rlimits, then become the unprivileged sandbox user for good."""
     os.setsid()  # own session and process group: the whole group can be killed
+    _oom_score(1000)  # student processes are the first to go when memory runs out
     mb = 1024 * 1024
     rl = [
         (resource.RLIMIT_CPU, limits["cpu_s"], limits["cpu_s"] + 1),
@@ -305,6 +315,7 @@ def _skip_lazy_dynamo_import(module_name):
 def main():
     os.umask(0o022)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _oom_score(-900)  # the supervisor outlives the exercise processes
     report = probe()
     _say("probe done")
     unsafe = report.get("error") or report.get("readable") or report.get("writable")
