@@ -151,15 +151,24 @@ def build_model(cfg: FlowerConfig, log) -> torch.nn.Module:
     common = dict(
         encoder_name=cfg.encoder_name, weights=weights, image_size=cfg.image_size, log=log
     )
-    if cfg.method == "vpt":
-        return ViTPrompt(
-            FLOWER_CLASSES,
-            num_prompts=cfg.num_prompts,
-            deep=cfg.deep_prompts,
-            prompt_dropout=cfg.prompt_dropout,
-            **common,
-        )
-    return ViTLinear(FLOWER_CLASSES, train_backbone=cfg.method == "full", **common)
+    try:
+        if cfg.method == "vpt":
+            return ViTPrompt(
+                FLOWER_CLASSES,
+                num_prompts=cfg.num_prompts,
+                deep=cfg.deep_prompts,
+                prompt_dropout=cfg.prompt_dropout,
+                **common,
+            )
+        return ViTLinear(FLOWER_CLASSES, train_backbone=cfg.method == "full", **common)
+    except Exception as err:  # a bad weights file fails in many ways; all mean the same
+        if not cfg.weights:
+            raise
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"--weights {cfg.weights} is not a ViT-B/32 state dict with torchvision's names "
+            f"({reason}); pass torchvision's vit_b_32-d86f8d99.pth"
+        ) from None
 
 
 def train(cfg: FlowerConfig) -> None:
@@ -174,6 +183,10 @@ def train(cfg: FlowerConfig) -> None:
         resolved = dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
         if FLAGS.resume:
             check_resume_config(out, resolved)
+        seed_everything(cfg.seed)  # same initial prompts/head on every process
+        notes = []  # messages from model building, logged once train.log exists
+        model = build_model(cfg, notes.append).to(ctx.device)  # before anything is written
+        seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # but different dropout on each process
         if ctx.is_main:
             prepare_run_dir(out, FLAGS.resume)
             if not FLAGS.resume:
@@ -189,9 +202,8 @@ def train(cfg: FlowerConfig) -> None:
             f"run {out}: preset {FLAGS.exp_name}, {ctx.world_size} process(es) on {ctx.device}"
         )
 
-        seed_everything(cfg.seed)  # same initial prompts/head on every process
-        model = build_model(cfg, log.warning).to(ctx.device)
-        seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # but different dropout on each process
+        for note in notes:
+            log.warning(note)
         channels_last = cfg.channels_last and ctx.device.type == "cuda"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -166,6 +166,13 @@ def bad_case(name, tiny, tmp):
         return ["--config", str(tmp / "bad.yml")] + args[2:], "unknown key 'learning_rate'"
     if name == "resume_without_checkpoint":
         return args + ["--resume"], "checkpoint.pt does not exist"
+    if name == "missing_weights_file":
+        return args + ["--weights", str(tmp / "nope.pth")], "nope.pth does not exist"
+    if name == "bad_weights_file":
+        (tmp / "w.pth").write_bytes(b"not a state dict")
+        (tmp / "b32.yml").write_text("flower:\n  b32:\n    method: vpt\n")
+        args = ["--config", str(tmp / "b32.yml"), "--exp_name", "b32"] + args[4:]
+        return args + ["--weights", str(tmp / "w.pth")], "is not a ViT-B/32 state dict"
     data = copy_data(tiny, tmp / "data")
     args = args[:4] + ["--data_dir", str(data)] + args[6:]
     if name == "corrupt_pickle":
@@ -190,6 +197,8 @@ BAD_CASES = [
     "unknown_preset",
     "unknown_key",
     "resume_without_checkpoint",
+    "missing_weights_file",
+    "bad_weights_file",
     "corrupt_pickle",
     "wrong_shape_pickle",
     "wrong_container_pickle",
