@@ -6,6 +6,7 @@ symlink-refusing, size-capped opens, runs student code only through
 """
 
 import os
+import re
 import signal
 import stat
 import sys
@@ -180,6 +181,21 @@ def _start_exercises(assignment, decls, sub_root, opts, protected, unwritable):
     return state
 
 
+_MARKER = re.compile(r"^\[sandbox\s+[\d.]+s\] (?:running exercise (\S+)|all exercises done)$")
+
+
+def split_log(log):
+    """The captured output, split by the supervisor's "running exercise <id>" lines."""
+    sections, current = {}, None
+    for line in log.splitlines(keepends=True):
+        m = _MARKER.match(line.rstrip("\n"))
+        if m:
+            current = m.group(1)
+        elif current:
+            sections[current] = sections.get(current, "") + line
+    return sections
+
+
 def _finish_exercises(state, decls):
     """Wait for the sandbox and turn its evidence into one test result per exercise."""
     tests = []
@@ -208,6 +224,9 @@ def _finish_exercises(state, decls):
                         )
                         if hint:
                             message += f"\nYour output matches a known mistake: {hint}."
+            printed = split_log(res.log).get(i, "").strip() if res is not None else ""
+            if printed and not passed:
+                message += f"\nWhat your code printed (last 1500 characters):\n{printed[-1500:]}"
             title = f"{d.number} {d.name} ({i})"
             tests.append(
                 _test(

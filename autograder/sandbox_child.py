@@ -276,11 +276,14 @@ def run_exercise(ex):
         status["kind"] = "ok"
     except BaseException as exc:
         status["kind"] = _classify(exc)
-        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        # show the student's own frames (the kit's and torch's are noise to them)
+        frames = traceback.extract_tb(exc.__traceback__)
+        mine = [f for f in frames if f.filename.endswith("transformer_utils.py")]
+        tb = traceback.format_list(mine or frames[-2:])
         status["message"] = (
             f"{type(exc).__name__} while {locals().get('stage', 'starting')}: {exc}"[:2000]
         )
-        status["traceback"] = "".join(tb[-6:])[-3000:]
+        status["traceback"] = "".join(tb[-8:])[-3000:]
     finish()
 
 
