@@ -219,3 +219,30 @@ def test_without_namespaces_an_unprotected_layout_is_refused(tmp_path, labels):
     res = grade(sub, tmp_path / "results.json", labels, GradeOptions(namespaces=False, quiet=True))
     ex = [t for t in res["tests"] if "SelfAttention" in t["name"]][0]
     assert ex["score"] == 0 and "refusing to run student code" in ex["output"]
+
+
+def test_slurm_array_script_splits_the_folders_and_merges(tmp_path, labels):
+    """Run grade_array.sbatch as two array tasks would (no Slurm needed), then merge."""
+    import subprocess
+    import sys
+
+    subs = tmp_path / "subs"
+    names = [f"s{i:02d}" for i in range(5)]
+    for name in names:
+        (subs / name).mkdir(parents=True)
+        (subs / name / "test_pixmo.txt").write_text((labels / "test_pixmo.txt").read_text())
+    out = tmp_path / "out"
+    for task in (0, 1):
+        env = dict(os.environ, SUBMISSIONS=str(subs), LABELS=str(labels), OUT=str(out),
+                   SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="2",
+                   SLURM_CPUS_PER_TASK="2", SLURM_SUBMIT_DIR=str(ROOT))  # fmt: skip
+        proc = subprocess.run(["bash", str(ROOT / "autograder" / "grade_array.sbatch")], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = sorted(out.glob("grades-*.csv"))
+    assert [len(p.read_text().splitlines()) - 1 for p in parts] == [3, 2]
+    subprocess.run([sys.executable, "-m", "autograder", "merge-csv", str(out / "grades.csv"),
+                    *map(str, parts)], cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    rows = (out / "grades.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == names
+    assert all((out / "results" / n / "results.json").is_file() for n in names)
