@@ -80,7 +80,8 @@ def _exercise_message(ex_id, decl, res, limits):
     rec = res.records.get(ex_id)
     if rec is None:
         if not res.startup.get("ok"):
-            why = res.startup.get("error") or "no report"
+            # no student code ran yet, so the sandbox's own output is safe to show
+            why = res.startup.get("error") or f"no report; sandbox output: {res.log[-600:]!r}"
             return False, (
                 f"The sandbox could not start ({why}); this is a grader problem, "
                 "please tell the course staff."

@@ -43,7 +43,11 @@ _NS_SCRIPT = r"""
 set -eu
 NEW="$1"; BOX="$2"; PY="$3"; CHROOT="$4"; shift 4
 mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev agroot "$NEW"
-robind() { mkdir -p "$NEW$1"; mount --rbind "$1" "$NEW$1"; mount -o remount,bind,ro "$NEW$1"; }
+robind() {
+  mkdir -p "$NEW$1"; mount --rbind "$1" "$NEW$1"
+  # read-only where the kernel lets us (locked flags may refuse); permissions protect anyway
+  mount -o remount,bind,ro "$NEW$1" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$NEW$1" 2>/dev/null || true
+}
 for d in /usr /bin /sbin /lib /lib32 /lib64 /libx32 /etc; do
   if [ -L "$d" ]; then ln -s "$(readlink "$d")" "$NEW$d"
   elif [ -d "$d" ]; then robind "$d"
