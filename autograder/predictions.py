@@ -20,7 +20,7 @@ def read_capped(path, max_bytes):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise PredictionError("file not found in the submission") from None
+        raise PredictionError("file not found") from None
     except OSError as exc:
         raise PredictionError(
             f"cannot open the file ({exc.strerror}; symbolic links are not accepted)"
@@ -97,7 +97,8 @@ def grade_predictions(pred_path, labels, part):
         data = read_capped(pred_path, part.max_bytes)
         preds = parse_lines(data, part.num_classes, max_lines=len(labels))
     except PredictionError as exc:
-        return 0.0, None, f"{part.file}: {exc}. No credit."
+        where = " in your upload" if str(exc) == "file not found" else ""
+        return 0.0, None, f"{part.file}: {exc}{where}. No credit."
     correct = sum(1 for p, y in zip(preds, labels) if p == y)
     total = len(labels)
     score = round(credit(correct, total, part.threshold, part.floor, part.points), 4)
