@@ -1,4 +1,4 @@
-# Print about 100 MB, then return the correct answer.
+# Print about 20 MB (stdout and stderr), then return the correct answer.
 import sys as _sys
 
 _reference_forward = SelfAttention.forward
@@ -6,7 +6,7 @@ _reference_forward = SelfAttention.forward
 
 def _forward(self, x):
     chunk = "flood " * 170000
-    for _ in range(100):
+    for _ in range(10):
         _sys.stdout.write(chunk)
         _sys.stderr.write(chunk)
     return _reference_forward(self, x)
