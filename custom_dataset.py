@@ -66,7 +66,10 @@ def load_flower_split(data_dir, split: str, num_classes: int = FLOWER_CLASSES):
         raise UserError(f"{path}: {len(images)} images but {len(labels)} labels")
     if len(images) == 0:
         raise UserError(f"{path} holds no images")
+    images = list(images)
     for i, im in enumerate(images):
+        if isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 2:
+            im = images[i] = np.repeat(im[:, :, None], 3, axis=2)  # a greyscale photo: (H, W, 3)
         if not (
             isinstance(im, np.ndarray)
             and im.dtype == np.uint8
@@ -84,7 +87,7 @@ def load_flower_split(data_dir, split: str, num_classes: int = FLOWER_CLASSES):
             f"{path}: label {labels[i]} of image {i} is outside 0..{num_classes - 1}; "
             "check that the file belongs to the 102-class flower set"
         )
-    return list(images), labels
+    return images, labels
 
 
 def train_store(images, resize_size: int, device=None):

@@ -189,3 +189,18 @@ def test_write_predictions_one_int_per_line(tmp_path):
     write_predictions(tmp_path / "p.txt", [3, 1, 101])
     assert (tmp_path / "p.txt").read_text() == "3\n1\n101\n"
     assert [p.name for p in tmp_path.iterdir()] == ["p.txt"]  # no temporary file left
+
+
+def test_flower_loader_reads_the_real_format_and_greyscale(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from custom_dataset import load_flower_split
+
+    images = [np.zeros((30, 40, 3), np.uint8), np.full((50, 20), 7, np.uint8)]
+    with open(tmp_path / "val_data.pkl", "wb") as f:
+        pickle.dump((images, np.array([3, 101])), f)
+    loaded, labels = load_flower_split(tmp_path, "val")
+    assert [im.shape for im in loaded] == [(30, 40, 3), (50, 20, 3)]
+    assert labels.tolist() == [3, 101] and loaded[1][0, 0].tolist() == [7, 7, 7]

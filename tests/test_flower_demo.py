@@ -179,7 +179,7 @@ def bad_case(name, tiny, tmp):
         (data / "val_data.pkl").write_bytes(b"\x80\x04this is not a pickle")
         return args, "val_data.pkl is not a readable pickle"
     if name == "wrong_shape_pickle":
-        write_pickle(data / "train_data.pkl", ([np.zeros((40, 40), np.uint8)], [0]))
+        write_pickle(data / "train_data.pkl", ([np.zeros((40, 40, 3), np.float32)], [0]))
         return args, "must be an (H, W, 3) uint8"
     if name == "wrong_container_pickle":
         write_pickle(data / "test_data.pkl", {"images": [], "labels": []})
