@@ -54,7 +54,9 @@ def find_submission_root(submission, marker="transformer_utils.py"):
     return submission
 
 
-def _test(name, number, score, max_score, output, visibility="visible"):
+def _test(name, number, score, max_score, output, visibility="visible", passed=None):
+    if passed is None:
+        passed = score >= max_score
     return {
         "name": name,
         "number": number,
@@ -62,7 +64,7 @@ def _test(name, number, score, max_score, output, visibility="visible"):
         "max_score": max_score,
         "output": output,
         "visibility": visibility,
-        "status": "passed" if score >= max_score else "failed",
+        "status": "passed" if passed else "failed",
     }
 
 
@@ -446,7 +448,13 @@ def _grade_files(assignment, sub_root, labels):
         )
         tests.append(
             _test(
-                req.name, req.number, req.points if ok else 0.0, req.points, message, req.visibility
+                req.name,
+                req.number,
+                req.points if ok else 0.0,
+                req.points,
+                message,
+                req.visibility,
+                passed=ok,
             )
         )
     return tests, leaderboard
