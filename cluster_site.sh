@@ -64,13 +64,17 @@ kit_prepare() {
 
   if [ -n "$SITE_MODULES" ]; then
     command -v module >/dev/null 2>&1 || kit_fail "SITE_MODULES is set in cluster_site.sh but this node has no 'module' command"
+    set +u # module systems and old activate scripts read unset variables
     # shellcheck disable=SC2086  # one word per module
     module load $SITE_MODULES || kit_fail "'module load $SITE_MODULES' failed; fix SITE_MODULES in cluster_site.sh"
+    set -u
   fi
   if [ -n "$SITE_VENV" ]; then
     [ -f "$SITE_VENV/bin/activate" ] || kit_fail "SITE_VENV=$SITE_VENV has no bin/activate; fix it in cluster_site.sh"
+    set +u
     # shellcheck disable=SC1091
     source "$SITE_VENV/bin/activate"
+    set -u
   fi
   PYTHON="${PYTHON:-python}"
   command -v "$PYTHON" >/dev/null 2>&1 || kit_fail "'$PYTHON' not found; set SITE_VENV in cluster_site.sh or activate your environment before sbatch"
@@ -86,7 +90,8 @@ kit_prepare() {
 # demo then finishes its step, writes checkpoint.pt and exits with status 75.
 kit_forward() {
   KIT_CAUGHT="$1"
-  kit_say "caught SIG$1 (time limit or preemption coming); asking training (pid ${KIT_CHILD:-not started}) to checkpoint and stop"
+  [ "$1" = USR1 ] && KIT_WARNED=1
+  kit_say "caught SIG$1; asking training (pid ${KIT_CHILD:-not started}) to checkpoint and stop"
   if [ -n "${KIT_CHILD:-}" ]; then
     kill -TERM "$KIT_CHILD" 2>/dev/null || true
   fi
@@ -97,18 +102,23 @@ kit_forward() {
 # WARN_SECONDS before the job's end time. Two warnings are harmless.
 kit_arm_warning() {
   KIT_TIMER=""
+  KIT_END=""
   [ -n "${SLURM_JOB_ID:-}" ] || return 0
   local end_time end now wait_s
   end_time="$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'EndTime=[^ ]*' | cut -d= -f2)" || true
   [ -n "$end_time" ] || return 0
   end="$(date -d "$end_time" +%s 2>/dev/null)" || return 0
+  KIT_END="$end"
   now="$(date +%s)"
   wait_s=$((end - now - WARN_SECONDS))
   [ "$wait_s" -gt 0 ] || wait_s=1
   kit_say "time limit at $end_time; warning signal in ${wait_s} s"
   (
-    sleep "$wait_s"
-    kill -USR1 "$$" 2>/dev/null
+    sleep "$wait_s" &
+    sleeper=$!
+    # Stopping the timer must stop its sleep too (no stray process left behind).
+    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+    wait "$sleeper" && kill -USR1 "$$" 2>/dev/null
   ) &
   KIT_TIMER=$!
 }
@@ -147,6 +157,7 @@ kit_run() {
   kit_say "log: $KIT_LOG"
 
   KIT_CAUGHT=""
+  KIT_WARNED=""
   KIT_CHILD=""
   trap 'kit_forward USR1' USR1
   trap 'kit_forward TERM' TERM
@@ -188,6 +199,12 @@ kit_run() {
   # Requeue only when this job wrote a checkpoint: without progress it would loop forever.
   if [ ! -f "$checkpoint" ] || [ "$(stat -c %Y "$checkpoint")" -lt "$started" ]; then
     kit_say "stopped (status $rc) without writing a new checkpoint; not requeued. Resubmit with a longer --time (add RESUME=1 to continue from an older checkpoint.pt)"
+    return "$EX_TEMPFAIL"
+  fi
+  # Requeue after the warning (SIGUSR1) or at the time limit, never after `scancel` (also a
+  # SIGTERM): a job its owner cancelled must stay cancelled.
+  if [ "$KIT_WARNED" != 1 ] && { [ -z "$KIT_END" ] || [ "$(date +%s)" -lt $((KIT_END - 60)) ]; }; then
+    kit_say "stopped by SIG${KIT_CAUGHT:-?} before the time limit (scancel?): checkpoint kept, not requeued; continue later by adding RESUME=1 to --export"
     return "$EX_TEMPFAIL"
   fi
   if [ -n "${SLURM_JOB_ID:-}" ] && scontrol requeue "$SLURM_JOB_ID"; then

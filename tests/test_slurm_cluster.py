@@ -13,13 +13,18 @@ submitted at once and Slurm runs them in this order (dependencies), about 6 minu
 4. after 3: the flower smoke preset with a 1-minute time limit, so the job gets the warning
    signal, checkpoints, requeues itself and resumes until done; its predictions must equal
    those of job 1, which was never interrupted.
+
+Next to them, small jobs with tests/slurm/fake_demo.py check that ``scancel`` is not undone
+by a requeue, and that a missing ``--output`` folder fails the job (why the README mkdirs).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +35,8 @@ from local_cluster import LocalSlurm, SlurmUnavailable, unavailable_reason  # no
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
+FAKE_DEMO = Path(__file__).parent / "slurm" / "fake_demo.py"
+SMALL = ["--cpus-per-task=1", "--mem=1G"]  # fake-demo jobs fit next to the real ones
 TEST_FILES = {"flower": "test_flower.txt", "pixmo": "test_pixmo.txt"}
 N_TEST = {"flower": 1638, "pixmo": 48}  # synthetic test-set sizes of the smoke presets
 WAIT = 420  # seconds; generous for a busy 2-core CI machine
@@ -128,6 +135,64 @@ def check_run_dir(run: Path, job: str, demo: str) -> list[str]:
     preds = (run / TEST_FILES[demo]).read_text().split()
     assert len(preds) == N_TEST[demo] and all(p.lstrip("-").isdigit() for p in preds)
     return preds
+
+
+# ---------------------------------------------------------------- the scripts' own behaviour
+# (fake demo, small jobs that run next to the real ones above)
+
+
+@pytest.fixture(scope="module")
+def fake_kit(tmp_path_factory):
+    kit = tmp_path_factory.mktemp("fake_kit")
+    for name in ("flower.sbatch", "cluster_site.sh"):
+        shutil.copy(Path(__file__).parents[1] / name, kit / name)
+    shutil.copy(FAKE_DEMO, kit / "demo_flower.py")
+    return kit
+
+
+def test_scancel_is_not_requeued(cluster, jobs, fake_kit):
+    (fake_kit / "runs" / "c").mkdir(parents=True)
+    job = cluster.sbatch(
+        [
+            *SMALL,
+            "--export=ALL,OUTPUT_DIR=runs/c,EXP_NAME=x,FAKE_STEPS=3000,FAKE_STEP_SECONDS=0.1",
+            "--output=runs/c/%j.out",
+            "--error=runs/c/%j.err",
+            "flower.sbatch",
+        ],
+        cwd=fake_kit,
+    )
+    run = fake_kit / "runs" / "c"
+    for _ in range(120):  # until the fake demo runs
+        if (run / "starts.txt").exists():
+            break
+        time.sleep(1)
+    cluster.run(["scancel", job])
+    cluster.wait(job, timeout=60)
+    time.sleep(15)  # a requeued job would be pending again by now
+    info = cluster.job_info(job)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
+    out = (run / f"{job}.out").read_text()
+    assert "not requeued" in out and (run / "checkpoint.pt").exists()
+
+
+def test_missing_output_folder_fails_without_a_log(cluster, jobs, fake_kit):
+    """Why the README says mkdir first: Slurm does not create the --output folder."""
+    job = cluster.sbatch(
+        [
+            *SMALL,
+            "--export=ALL,OUTPUT_DIR=runs/none,EXP_NAME=x",
+            "--output=runs/none/%j.out",
+            "--error=runs/none/%j.err",
+            "flower.sbatch",
+        ],
+        cwd=fake_kit,
+    )
+    info = cluster.wait(job, timeout=120)
+    assert info["JobState"] == "FAILED" and not (fake_kit / "runs" / "none").exists()
+
+
+# ---------------------------------------------------------------- the real demos
 
 
 def test_readme_flower_command_runs(cluster, jobs):

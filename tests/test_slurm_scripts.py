@@ -295,17 +295,40 @@ def test_no_requeue_without_a_new_checkpoint(fake_kit):
     }
     # A demo that dies of the signal before saving anything (e.g. still importing torch).
     (fake_kit / "demo_flower.py").write_text("import time\ntime.sleep(60)\n")
-    (fake_kit / "scontrol").write_text('#!/bin/sh\necho scontrol-called "$@"\n')
+    # A fake scontrol: the job ends in an hour (so the script arms its warning timer).
+    (fake_kit / "scontrol").write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = show ]; then\n'
+        '  echo "JobId=999999 JobState=RUNNING EndTime=$(date -d @$(($(date +%s) + 3600)) +%FT%T)"\n'
+        "else\n"
+        '  echo scontrol-called "$@"\n'
+        "fi\n"
+    )
     (fake_kit / "scontrol").chmod(0o755)
     proc = subprocess.Popen(
-        ["bash", "flower.sbatch"], cwd=fake_kit, env=env, stdout=subprocess.PIPE, text=True
+        ["bash", "flower.sbatch"],
+        cwd=fake_kit,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     time.sleep(2)
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 75
+    assert "warning signal in 3" in out  # the timer was armed (~3420 s)
     assert "without writing a new checkpoint; not requeued" in out
     assert "scontrol-called requeue" not in out
+    # Nothing of the job is left running (e.g. the timer's sleep).
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-eo", "sid=,args="], capture_output=True, text=True).stdout
+    left = [
+        line
+        for line in ps.splitlines()
+        if line.split()[0] == str(proc.pid) and "<defunct>" not in line
+    ]
+    assert not left, f"processes left behind: {left}"
 
 
 @pytest.mark.slow

@@ -5,11 +5,12 @@ with every file in one temporary directory:
 
 - ``munged`` with a freshly generated key and its own socket,
 - ``slurmctld`` and ``slurmd`` on this host, one partition (``kittest``), and
-- a GPU generic resource bound to ``/dev/null`` (and ``/dev/zero``, ``/dev/full`` for more
-  "GPUs"), so that ``--gpus=1`` jobs schedule on a machine without a GPU. Jobs get
-  ``CUDA_VISIBLE_DEVICES`` as on a real cluster; PyTorch then finds no GPU and uses the CPU.
+- a GPU generic resource bound to ``/dev/null`` (and ``/dev/zero``, ``/dev/full``,
+  ``/dev/urandom`` for more "GPUs"), so that ``--gpus=1`` jobs schedule on a machine
+  without a GPU. Jobs get ``CUDA_VISIBLE_DEVICES`` as on a real cluster; PyTorch then finds
+  no GPU and uses the CPU.
 
-The node claims 64 CPUs and 128 GB (``SlurmdParameters=config_overrides``) so the scripts'
+The node claims 72 CPUs and 128 GB (``SlurmdParameters=config_overrides``) so the scripts'
 real resource requests (32 CPUs, 48 GB) are accepted unchanged on a 2-core test machine.
 A requeued job is eligible again after ~10 s (``cred_expire=10``; Slurm's default is 120 s).
 Everything runs as root (``SlurmUser=root``), which is fine for a private test cluster.
@@ -44,10 +45,11 @@ from pathlib import Path
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo")
 PARTITION = "kittest"
-# Room for two of the scripts' jobs (32 CPUs, 48 GB, 1-2 GPUs each) at once.
-NODE_CPUS = 64
+# Room for two of the scripts' jobs (32 CPUs, 48 GB, 1-2 GPUs each) plus small ones at once.
+NODE_CPUS = 72
 NODE_MEMORY_MB = 131072
-GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full")  # schedulable "GPUs", not usable ones
+# Schedulable "GPUs", not usable ones: Slurm only needs a device file to hand out.
+GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")
 # Job states after which a job will not run again (PENDING/RUNNING/REQUEUED... are not final).
 FINAL_STATES = {
     "COMPLETED",
