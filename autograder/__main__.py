@@ -22,6 +22,11 @@ def _common(p):
         help="do not use Linux namespaces (test the privilege-drop fallback)",
     )
     p.add_argument(
+        "--userns",
+        action="store_true",
+        help="use the user-namespace sandbox (what runs without root) even as root",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="run student code even if the sandbox cannot hide the protected paths "
@@ -35,6 +40,7 @@ def _options(args, **extra):
         timeout_s=args.timeout,
         insecure=args.insecure,
         namespaces=not args.no_namespaces,
+        userns=args.userns,
         **extra,
     )
 

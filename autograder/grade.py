@@ -33,6 +33,7 @@ class GradeOptions:
     startup_s: float = None
     insecure: bool = False  # run even if the sandbox probe finds the hidden data readable
     namespaces: bool = True  # use Linux namespaces when available
+    userns: bool = False  # force the user-namespace mode even as root (tests)
     uid: int = sandbox.NOBODY
     reference_dir: str = None
     kit_root: str = None
@@ -180,6 +181,7 @@ def _start_exercises(assignment, decls, sub_root, opts, protected, unwritable):
         uid=opts.uid,
         allow_namespaces=opts.namespaces,
         require_safe=not opts.insecure,
+        force_userns=opts.userns,
     )
     return state
 
@@ -265,7 +267,10 @@ def describe_protections(res, caps, opts, limits):
         lines.append("  - (no student code was run)")
         return "\n".join(lines)
     probe = res.probe or {}
-    if caps.root and probe.get("uid") not in (None, 0):
+    if caps.userns:
+        lines.append("  - user namespace (no root needed): student code runs as the grader's own "
+                     "user with every capability dropped [active]")  # fmt: skip
+    elif caps.root and probe.get("uid") not in (None, 0):
         lines.append(f"  - unprivileged user: uid {probe.get('uid')} [active, verified]")
     else:
         lines.append("  - unprivileged user: NOT active (grader is not root)")
@@ -398,7 +403,7 @@ def _grade(submission, results_path, labels_dir, opts):
             )
         except PredictionError as exc:
             raise ValueError(f"labels {labels_dir / part.file}: {exc}") from None
-    caps = sandbox.detect(opts.namespaces)
+    caps = sandbox.detect(opts.namespaces, opts.userns)
     # Start the sandbox first: its torch import is the slow part, so the checks below overlap.
     state = _start_exercises(assignment, decls, sub_root, opts, protected, unwritable)
     try:

@@ -32,6 +32,7 @@ import traceback
 JOB = json.load(open(sys.argv[1], encoding="utf-8"))
 UID, GID = JOB["uid"], JOB["gid"]
 DROP = os.getuid() == 0 and UID != 0
+USERNS = bool(JOB.get("userns"))
 
 
 T0 = time.monotonic()
@@ -73,6 +74,42 @@ def _oom_score(value):
         pass
 
 
+def _drop_bounding_set():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in range(64):
+            libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; fails harmlessly past the last cap
+    except Exception:
+        pass
+
+
+def _drop_all_capabilities():
+    """User-namespace mode: we are uid 0 in the namespace; give up every capability for good
+    (bounding, effective, permitted, inheritable, ambient), so the process can neither escape
+    the chroot nor mount nor signal other users' processes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    _drop_bounding_set()
+    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]  # fmt: skip
+
+    if libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) != 0:
+        os._exit(96)
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("CapEff:", "CapPrm:", "CapBnd:")) and int(line.split()[1], 16):
+                os._exit(96)
+
+
 def drop_privileges(limits):
     """Apply the rlimits, then become the unprivileged sandbox user for good."""
     os.setsid()  # own session and process group: the whole group can be killed
@@ -91,20 +128,31 @@ def drop_privileges(limits):
     if DROP:
         # counted per user, so it only bites once we are the sandbox user
         rl.append((resource.RLIMIT_NPROC, limits["max_procs"], limits["max_procs"]))
+    elif USERNS:
+        rl.append((resource.RLIMIT_NPROC, JOB["nproc_userns"], JOB["nproc_userns"]))
     for which, soft, hard in rl:
         resource.setrlimit(which, (soft, hard))
     if DROP:
+        _drop_bounding_set()  # no capability can ever come back, even through exec
         os.setgroups([])
         os.setresgid(GID, GID, GID)
         os.setresuid(UID, UID, UID)
         if os.getuid() != UID or os.geteuid() != UID:
             os._exit(97)
+    elif USERNS:
+        _drop_all_capabilities()
     _set_no_new_privs()
 
 
 def kill_sandbox_user():
     """Kill every process of the sandbox user (leftovers, daemons, fork storms)."""
     if not DROP:
+        if os.getpid() == 1:  # init of our PID namespace: everyone else in it goes
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
+            reap()
         return
     for _ in range(3):
         pid = os.fork()
@@ -320,7 +368,7 @@ def main():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _oom_score(-900)  # the supervisor outlives the exercise processes
     report = probe()
-    _say("probe done")
+    _say("probe " + json.dumps(report))  # first line of the pipe, before any student code
     unsafe = report.get("error") or report.get("readable") or report.get("writable")
     if JOB["require_safe"] and unsafe:
         write_json(

@@ -107,9 +107,8 @@ def _processes_of(uids):
     return found
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    base = tmp_path_factory.mktemp("adversarial")
+def _build(base, cases):
+    """Write the uploads of ``cases`` under ``base``; return (subs, labels, results) dirs."""
     subs, labels_dir, results_dir = base / "subs", base / "labels", base / "results"
     labels_dir.mkdir()
     rng = random.Random(0)
@@ -120,7 +119,7 @@ def graded(tmp_path_factory):
     for name, (values, _) in labels.items():
         (labels_dir / name).write_text("".join(f"{v}\n" for v in values))
     reference = (ROOT / "transformer_utils.py").read_text()
-    for case in CASES:
+    for case in cases:
         spec = _spec(case)
         sub = subs / case
         sub.mkdir(parents=True)
@@ -157,6 +156,13 @@ def graded(tmp_path_factory):
         for name, target in spec.get("SYMLINKS", {}).items():
             (sub / name).unlink(missing_ok=True)
             (sub / name).symlink_to(fill(target))
+    return subs, labels_dir, results_dir
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    base = tmp_path_factory.mktemp("adversarial")
+    subs, labels_dir, results_dir = _build(base, CASES)
     before = _fingerprint()
     start = time.monotonic()
     grade_all(
@@ -285,3 +291,27 @@ def test_gradescope_layout_without_namespaces(tmp_path):
     assert "verified by probe" in outcomes["correct"]["output"]
     hidden = [t for t in outcomes["read_hidden_data"]["tests"] if "SelfAttention" in t["name"]][0]
     assert hidden["score"] == 0 and "hidden data not readable" in hidden["output"]
+
+
+USERNS_CASES = ["correct", "read_hidden_data", "forge_results_leftover", "process_storm",
+                "network_access", "kill_parent", "edit_grader_files"]  # fmt: skip
+
+
+def test_user_namespace_mode(tmp_path):
+    """The mode used without root (e.g. Slurm nodes), forced here: same outcomes."""
+    subs, labels_dir, results_dir = _build(tmp_path, USERNS_CASES)
+    before = _fingerprint()
+    grade_all(subs, labels_dir, tmp_path / "grades.csv", jobs=JOBS, results_dir=results_dir,
+              options=GradeOptions(timeout_s=TIMEOUT_S, quiet=True, userns=True))  # fmt: skip
+    time.sleep(2.0)
+    for case in USERNS_CASES:
+        text = (results_dir / case / "results.json").read_text()
+        res = json.loads(text)
+        assert "FORGED" not in text and "user namespace" in res["output"], case
+        expect = _spec(case).get("EXPECT", {})
+        for key, words in PARTS.items():
+            test = next(t for t in res["tests"] if words in t["name"])
+            points, needle = expect.get(key, (test["max_score"], ""))
+            assert test["score"] == pytest.approx(points), f"{case}/{key}: {test['output']}"
+            assert needle.lower() in test["output"].lower(), f"{case}/{key}: {test['output']}"
+    assert _fingerprint() == before
