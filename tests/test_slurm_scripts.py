@@ -340,3 +340,29 @@ def test_two_processes_are_launched_with_torchrun(fake_kit):
     assert starts(run)[0].startswith("rank=0 world=2")
     assert "omp=" in starts(run)[0]
     assert (run / "starts_rank1.txt").read_text().startswith("rank=1 world=2")
+
+
+# ---------------------------------------------------------------- harness
+
+
+def test_skip_reason_says_what_is_missing_and_how_to_fix_it(monkeypatch):
+    import local_cluster
+
+    monkeypatch.setattr(local_cluster, "find_program", lambda name: None)
+    reason = local_cluster.unavailable_reason()
+    assert "missing: munged, slurmctld" in reason and "install_slurm.sh" in reason
+    monkeypatch.setattr(local_cluster, "find_program", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(local_cluster.os, "geteuid", lambda: 1000)
+    assert "as root" in local_cluster.unavailable_reason()
+
+
+def test_install_script_is_a_no_op_when_installed():
+    import local_cluster
+
+    script = Path(__file__).parent / "slurm" / "install_slurm.sh"
+    assert script.read_text().startswith("#!/usr/bin/env bash\n")
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    if local_cluster.unavailable_reason():
+        pytest.skip(f"Slurm not installed here: {local_cluster.unavailable_reason()}")
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "already installed" in result.stdout
