@@ -77,6 +77,7 @@ class PixmoConfig:
     weights: str = ""  # ResNet-34 state dict; "" = torchvision's cache, then a download
     download_weights: bool = True
     bn_calibration_images: int = 256  # random trunk only: BatchNorm statistics from these
+    fuse_frozen_bn: bool = True  # fold frozen BatchNorms into their convs (same outputs, faster)
     # optimisation (AdamW with weight_decay 0 is exactly Adam)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 3e-4
@@ -290,8 +291,6 @@ def train(cfg: PixmoConfig) -> None:
         model, pretrained = build_model(cfg, log.info)
         model = model.to(ctx.device)
         channels_last = cfg.channels_last and ctx.device.type == "cuda"
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
         train_src, val_src, test_src = batch_sources(splits, cfg, ctx, channels_last)
         if not pretrained:
             calibrate(model, train_src, cfg.bn_calibration_images, cfg.eval_batch_size)
@@ -299,6 +298,11 @@ def train(cfg: PixmoConfig) -> None:
                 f"random trunk: BatchNorm statistics set from {cfg.bn_calibration_images} "
                 "training images"
             )
+        if cfg.fuse_frozen_bn:
+            fused = model.backbone.fuse_frozen_batch_norm()
+            log.info(f"folded {fused} frozen BatchNorm layers into their convolutions")
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info(f"model: {cfg.model}, {n_train:,} trainable parameters")
 

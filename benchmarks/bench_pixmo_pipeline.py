@@ -10,8 +10,9 @@ Both sides train the same model from the same initial weights with the pixmo_dem
 encoder; Adam lr 3e-4, batch 16, 20 epochs, validation every epoch).
 
 - Ours: every image padded to a square and resized ONCE into a uint8 tensor kept on the
-  device, batches indexed and normalised on the device (``PixmoBatchSource``), channels_last
-  and bf16 autocast for the ResNet on CUDA, the shared Trainer (checkpoints included).
+  device, batches indexed and normalised on the device (``PixmoBatchSource``), the frozen
+  BatchNorms folded into their convolutions, channels_last and bf16 autocast for the ResNet
+  on CUDA, the shared Trainer (checkpoints included).
 - Original: a Dataset that pads each PIL image to a square and runs Resize(224)/ToTensor/
   Normalize in a DataLoader with 4 workers, batch 16, fp32, a plain training loop.
 
@@ -77,6 +78,8 @@ def run_ours(data: dict, cfg: PixmoConfig, device, compile_model: bool) -> dict:
     }  # pad + resize once, on the device
     channels_last = device.type == "cuda"
     model = make_model(cfg).to(device)
+    if cfg.fuse_frozen_bn:
+        model.backbone.fuse_frozen_batch_norm()  # same outputs, fewer kernels
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 

@@ -144,3 +144,23 @@ def test_batch_norm_statistics_stay_frozen_and_calibrate():
     mid, features = trunk.eval()(images)
     assert mid.shape == (4, 256, SIZE // 16, SIZE // 16) and features.shape == (4, 512, 2, 2)
     assert 0.05 < features.std() < 20  # calibrated: activations neither vanish nor explode
+
+
+@pytest.mark.parametrize("trainable_from", ["layer4", "none"])
+def test_fusing_frozen_batch_norm_keeps_outputs_and_trainable_parameters(trainable_from):
+    torch.manual_seed(0)
+    net = PointPixMoModel(num_classes=20, crop_size=32, trainable_from=trainable_from)
+    images, points = batch()
+    net.backbone.calibrate_batch_norm([images])
+    net.eval()
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        before = net(images, points)
+    count = net.backbone.fuse_frozen_batch_norm()
+    assert count == (36 if trainable_from == "none" else 29)  # BN layers folded
+    with torch.no_grad():
+        after = net(images, points)
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == trainable
+    remaining = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(remaining) == (0 if trainable_from == "none" else 7)  # layer4: 3 blocks + down
