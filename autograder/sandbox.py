@@ -281,6 +281,22 @@ class _CappedReader(threading.Thread):
                 self.kept += chunk[:room]
 
 
+def _package_parents():
+    import importlib.util
+
+    dirs = []
+    for name in ("numpy", "torch", "yaml"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec and spec.origin:
+            parent = str(Path(spec.origin).resolve().parent.parent)
+            if parent not in dirs:
+                dirs.append(parent)
+    return dirs
+
+
 def _processes_of(uid):
     count = 0
     for pid in os.listdir("/proc"):
@@ -383,6 +399,8 @@ def start_sandbox(
         "userns": caps.userns,
         # RLIMIT_NPROC counts all processes of the real user: allow what already runs
         "nproc_userns": _processes_of(os.getuid()) + limits.max_procs + 64,
+        # where torch and numpy live (e.g. a user site that `python -I` would not search)
+        "site_dirs": _package_parents(),
         "exercises": exercises,
         "limits": vars(limits) if not isinstance(limits, dict) else limits,
         "protected": [str(p) for p in protected],

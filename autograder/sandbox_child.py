@@ -379,8 +379,13 @@ def main():
             },
         )
         return
+    for path in JOB.get("site_dirs", []):  # e.g. a user site that `python -I` skips
+        if path not in sys.path:
+            sys.path.append(path)
     try:
-        import io  # noqa: F401,E401  (warm the caches)
+        import io  # noqa: F401  (warm the caches)
+        import pickle  # noqa: F401
+        import zipfile  # noqa: F401
 
         import numpy  # noqa: F401
         import torch
