@@ -5,7 +5,8 @@
 
 Flags: ``--exp_name`` (a preset of config.yml), ``--output_dir`` (default runs/<exp_name>),
 ``--data_dir`` (default flower-dataset-reduced), ``--weights`` (ViT-B/32 ImageNet weights;
-default torchvision's cache, then a download), ``--resume`` (continue checkpoint.pt).
+default torchvision's cache, then a download), ``--resume`` (continue checkpoint.pt),
+``--config`` (another presets file, e.g. for tests; default config.yml).
 Multi-GPU: ``torchrun --nproc_per_node 4 demo_flower.py ...`` (or one srun task per GPU).
 
 The run directory receives config.yaml, train.log, tensorboard/, checkpoint.pt (every

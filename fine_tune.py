@@ -89,7 +89,7 @@ def build_backbone(
     (random, silently: for tests). Only vit_b_32 has pretrained weights.
     """
     if encoder_name == "vit_b_32":
-        model, _ = vit_b_32(weights=weights, image_size=image_size or 224, log=log)
+        model = vit_b_32(weights=weights, image_size=image_size or 224, log=log)
     else:
         model = build_vit(encoder_name, image_size=image_size)
         if weights is not None:

@@ -163,7 +163,7 @@ def setup_logging(
     logger = logging.getLogger(name)
     logger.handlers.clear()
     logger.propagate = False
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.setLevel(logging.INFO if is_main else logging.ERROR)  # one copy of each message
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)

@@ -336,7 +336,8 @@ def vit_b_32(
         allow_download: if False, never touch the network.
         log: where the one-line warning goes when ImageNet weights cannot be found.
     Returns:
-        (model, source) where source is a ``WeightsSource`` (kind 'random' if none was loaded).
+        the model; ``model.weights_source`` is a ``WeightsSource`` saying where the weights
+        came from (kind 'random' if none was loaded).
     """
     model = build_vit("vit_b_32")
     source = WeightsSource("random", None)
@@ -362,4 +363,5 @@ def vit_b_32(
         )
         resized.load_state_dict(state, strict=True)
         model = resized
-    return model, source
+    model.weights_source = source
+    return model

@@ -41,28 +41,28 @@ def test_our_state_dict_loads_into_torchvision(tv_vit_b_32):
 def test_weights_from_path_and_from_torchvision_cache(tmp_path, monkeypatch, tv_vit_b_32):
     path = tmp_path / "w.pth"
     torch.save(tv_vit_b_32.state_dict(), path)
-    model, source = vt.vit_b_32(weights=str(path))
-    assert source.kind == "path"
+    model = vt.vit_b_32(weights=str(path))
+    assert model.weights_source.kind == "path"
     torch.testing.assert_close(model.class_token, tv_vit_b_32.class_token)
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     path.rename(tmp_path / "hub" / "checkpoints" / vt.VIT_B_32_FILE)
-    model, source = vt.vit_b_32(weights="IMAGENET1K_V1")
-    assert source.kind == "cache"
+    model = vt.vit_b_32(weights="IMAGENET1K_V1")
+    assert model.weights_source.kind == "cache"
 
 
 def test_no_weights_offline_warns_once_and_carries_on(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     lines = []
-    model, source = vt.vit_b_32(weights="IMAGENET1K_V1", allow_download=False, log=lines.append)
-    assert source.kind == "random"
+    model = vt.vit_b_32(weights="IMAGENET1K_V1", allow_download=False, log=lines.append)
+    assert model.weights_source.kind == "random"
     assert len(lines) == 1 and "RANDOMLY initialised" in lines[0]
     assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
 
 def test_other_image_size_interpolates_positions():
-    model, _ = vt.vit_b_32(weights=None, image_size=64)
+    model = vt.vit_b_32(weights=None, image_size=64)
     assert model.encoder.pos_embedding.shape == (1, 5, 768)
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
 
