@@ -93,14 +93,19 @@ class FlowerConfig:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("exp_name", "flower_smoke", "Preset name in config.yml (section 'flower').")
-flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<exp_name>).")
-flags.DEFINE_string("data_dir", None, f"Flower data folder (default: {DEFAULT_DATA_DIR}).")
-flags.DEFINE_string(
-    "weights", None, "ViT-B/32 ImageNet weights (.pth); default: torchvision's cache."
-)
-flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
-flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
+
+
+def define_flags() -> None:
+    """Declared only when run as a script, so that importing this module (benchmarks import
+    FlowerConfig) never clashes with another demo's flags of the same names."""
+    flags.DEFINE_string("exp_name", "flower_smoke", "Preset name in config.yml (section 'flower').")
+    flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<exp_name>).")
+    flags.DEFINE_string("data_dir", None, f"Flower data folder (default: {DEFAULT_DATA_DIR}).")
+    flags.DEFINE_string(
+        "weights", None, "ViT-B/32 ImageNet weights (.pth); default: torchvision's cache."
+    )
+    flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
+    flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
 
 
 def resolve_config() -> FlowerConfig:
@@ -268,4 +273,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
