@@ -87,6 +87,7 @@ class FlowerConfig:
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
     compile: bool = False
+    compile_mode: str = "default"  # e.g. "reduce-overhead" (CUDA graphs) with compile: true
     channels_last: bool = True  # on CUDA only
     seed: int = 0
     log_every: int = 20

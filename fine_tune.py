@@ -218,6 +218,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up (any scheduler)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     seed: int = 0
     log_every: int = 20  # steps between progress-bar loss updates
 
@@ -345,13 +346,14 @@ class Trainer:
         self.bf16 = use_bf16(config.precision, self.ctx.device)
         self._stop = False
 
-        self.eval_model = torch.compile(model) if config.compile else model
+        compile_fn = lambda m: torch.compile(m, mode=config.compile_mode)  # noqa: E731
+        self.eval_model = compile_fn(model) if config.compile else model
         self.train_model = self.eval_model
         if self.ctx.distributed:
             ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.ctx.local_rank] if self.ctx.device.type == "cuda" else None
             )
-            self.train_model = torch.compile(ddp) if config.compile else ddp
+            self.train_model = compile_fn(ddp) if config.compile else ddp
         self.optimizer = build_optimizer(model.parameters(), config)
         self.scheduler = build_scheduler(self.optimizer, config, len(train_source))
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0

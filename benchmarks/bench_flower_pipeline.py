@@ -71,7 +71,7 @@ def subset(splits, n_train, n_val):
     }
 
 
-def run_ours(splits, cfg: FlowerConfig, device, compile_model: bool) -> dict:
+def run_ours(splits, cfg: FlowerConfig, device, compile_model: bool, compile_mode: str) -> dict:
     start = time.perf_counter()
     torch.manual_seed(0)
     model = ViTPrompt(
@@ -85,7 +85,9 @@ def run_ours(splits, cfg: FlowerConfig, device, compile_model: bool) -> dict:
     )  # fmt: skip
     prep = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as run_dir:
-        tcfg = dataclasses.replace(TrainConfig.from_config(cfg), compile=compile_model)
+        tcfg = dataclasses.replace(
+            TrainConfig.from_config(cfg), compile=compile_model, compile_mode=compile_mode
+        )
         trainer = Trainer(
             model, train, val, run_dir, tcfg, dist_ctx=DistContext(device=device),
             logger=setup_logging(None, True, name="bench"),
@@ -153,6 +155,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--only", choices=["both", "ours", "original"], default="both")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")
+    parser.add_argument("--compile_mode", default="default", help="e.g. reduce-overhead")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -173,7 +176,7 @@ def main(argv=None):
         print("CPU run: checks that the benchmark executes; the figures are NOT the GPU targets.")
     results = {}
     if args.only in ("both", "ours"):
-        results["ours"] = run_ours(splits, cfg, device, args.compile)
+        results["ours"] = run_ours(splits, cfg, device, args.compile, args.compile_mode)
         print(f"ours      {results['ours']['seconds']:8.1f} s  (data prep "
               f"{results['ours']['prep_seconds']:.1f} s)  val acc {results['ours']['final_val_acc']:.3f}")  # fmt: skip
     if args.only in ("both", "original"):
