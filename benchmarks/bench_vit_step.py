@@ -101,9 +101,8 @@ def make_model(name: str, spec: dict, state: dict, n_classes: int, device) -> nn
     return wrapper(vit, n_classes).to(device)
 
 
-def time_steps(model, images, labels, steps, warmup, bf16, device):
-    """Seconds per training step (median of `steps`) and the step's peak memory: bytes above
-    what was allocated before it (weights, optimizer state, inputs), CUDA only."""
+def make_step(model, images, labels, bf16, device):
+    """A closure running one VPT training step of ``model`` (SGD on the trainable params)."""
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     model.train()
 
@@ -115,22 +114,36 @@ def time_steps(model, images, labels, steps, warmup, bf16, device):
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):  # includes compilation for torch.compile
-        step()
+    return step
+
+
+def time_interleaved(steps_by_name: dict, rounds: int, warmup: int, device):
+    """Median seconds per step and peak step memory per model, timing the models in turn
+    (one step each per round) so that drifting clocks or load hit all of them alike.
+    Memory: the most bytes allocated during a step above what was allocated before it."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for step in steps_by_name.values():
+        for _ in range(warmup):  # includes compilation for torch.compile
+            step()
     sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else None
-    times.sort()
-    return times[len(times) // 2], peak
+    times = {name: [] for name in steps_by_name}
+    peaks = dict.fromkeys(steps_by_name, 0)
+    for _ in range(rounds):
+        for name, step in steps_by_name.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            t = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - t)
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() - base)
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        out[name] = (ts[len(ts) // 2], peaks[name] if device.type == "cuda" else None)
+    return out
 
 
 def main(argv=None):
@@ -167,19 +180,21 @@ def main(argv=None):
     state = torchvision.models.VisionTransformer(**spec).state_dict()
     results = {}
     for mode in args.modes.split(","):
+        steps_by_name = {}
         for name in ("torchvision", "ours"):
             model = make_model(name, spec, state, 102, device)
             run = torch.compile(model) if mode == "compile" else model
-            sec, peak = time_steps(run, images, labels, steps, warmup, bf16, device)
+            steps_by_name[name] = make_step(run, images, labels, bf16, device)
+        for name, (sec, peak) in time_interleaved(steps_by_name, steps, warmup, device).items():
             results[f"{name}/{mode}"] = dict(
                 img_per_s=batch / sec, step_ms=sec * 1e3, peak_bytes=peak
             )
             mem = f", step peak {peak / 2**20:.0f} MiB" if peak is not None else ""
             print(f"{name:12s} {mode:8s} {batch / sec:9.1f} img/s  ({sec * 1e3:.1f} ms/step){mem}")
-            del run, model
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del steps_by_name
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     for mode in args.modes.split(","):
         a, b = results.get(f"ours/{mode}"), results.get(f"torchvision/{mode}")
         if a and b:
