@@ -88,9 +88,15 @@ kit_prepare() {
 
 # Send the caught signal on to the training process (Python or torchrun) as SIGTERM; the
 # demo then finishes its step, writes checkpoint.pt and exits with status 75.
+# Only the first signal is passed on: a second SIGTERM could hit the demo after it restored
+# its default handlers (while it exits), killing it instead of letting it exit with 75.
 kit_forward() {
-  KIT_CAUGHT="$1"
   [ "$1" = USR1 ] && KIT_WARNED=1
+  if [ -n "${KIT_CAUGHT:-}" ]; then
+    kit_say "caught SIG$1 again; training is already stopping"
+    return 0
+  fi
+  KIT_CAUGHT="$1"
   kit_say "caught SIG$1; asking training (pid ${KIT_CHILD:-not started}) to checkpoint and stop"
   if [ -n "${KIT_CHILD:-}" ]; then
     kill -TERM "$KIT_CHILD" 2>/dev/null || true

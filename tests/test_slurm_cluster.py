@@ -40,8 +40,10 @@ SMALL = ["--cpus-per-task=1", "--mem=1G"]  # fake-demo jobs fit next to the real
 TEST_FILES = {"flower": "test_flower.txt", "pixmo": "test_pixmo.txt"}
 N_TEST = {"flower": 1638, "pixmo": 48}  # synthetic test-set sizes of the smoke presets
 WAIT = 420  # seconds; generous for a busy 2-core CI machine
-# Job 4: a 1-minute limit with the warning 15 s before it (Slurm's and the script's own).
-WARN = 15
+# Job 4: a 1-minute limit with the warning 10 s before it (the script's own timer; Slurm's
+# comes from a periodic check, up to ~30 s earlier). The demo must be training by then: it
+# installs its signal handler only when training starts (about 5-15 s after the job starts).
+WARN = 10
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +226,13 @@ def test_two_processes_with_torchrun(cluster, jobs):
 def test_time_limit_checkpoint_requeue_resume(cluster, jobs):
     job, run = jobs["requeue"]
     info = finished(cluster, job, run)
-    assert int(info["Restarts"]) >= 1, "the job should have been requeued at least once"
+    assert int(info["Restarts"]) >= 1, (
+        "the job finished without being requeued: the flower_smoke preset now runs shorter "
+        "than the 1-minute limit, so this test no longer exercises the requeue"
+    )
     out = (run / f"{job}.out").read_text()
     assert "caught SIGUSR1" in out
+    assert "checkpoint saved (status 75)" in out, "the demo must exit with 75 after its checkpoint"
     assert f"requeued job {job}" in out
     assert "--resume" in out, "the requeued job must resume from the checkpoint"
     preds = check_run_dir(run, job, "flower")
