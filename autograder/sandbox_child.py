@@ -335,34 +335,6 @@ def run_exercise(ex):
     finish()
 
 
-def _skip_lazy_dynamo_import(module_name):
-    """Speed only: torch wraps every TorchDispatchMode subclass's ``__torch_dispatch__`` in a
-    lazy ``torch._dynamo.disable``, whose first call imports torch._dynamo (about 2 s, most
-    of a grading run). Nothing is compiled in the sandbox, and outside ``torch.compile`` the
-    disabled function behaves exactly like the plain one, so pre-resolve the wrapper of the
-    kit's own recording modes to the plain function. Best effort: on any surprise torch's
-    behaviour is left unchanged."""
-    try:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        todo = list(TorchDispatchMode.__subclasses__())
-        while todo:
-            cls = todo.pop()
-            todo.extend(cls.__subclasses__())
-            if cls.__module__ != module_name:
-                continue
-            inner = cls.__dict__.get("__torch_dispatch__")
-            code = getattr(inner, "__code__", None)
-            if code is None or not inner.__closure__:
-                continue
-            cells = dict(zip(code.co_freevars, inner.__closure__))
-            fn = cells["fn"].cell_contents if "fn" in cells else None
-            if callable(fn) and getattr(fn, "__dynamo_disable", None) is None:
-                fn.__dynamo_disable = fn
-    except Exception:
-        pass
-
-
 def main():
     os.umask(0o022)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -396,8 +368,6 @@ def main():
         # instead of once per exercise process.
         sys.path.insert(0, JOB["kit"])
         import test_functions as tf
-
-        _skip_lazy_dynamo_import("test_functions")
 
         for ex in JOB["exercises"]:
             with tf.forbidden_ops(ex["id"]):
