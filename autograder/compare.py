@@ -16,8 +16,9 @@ def _case_of(key):
 
 
 def _describe_key(key):
+    """'c0/out' -> 'case 1, output out' (numbered from 1, as in the student tests)."""
     case, _, path = key.partition("/")
-    return f"case {case[1:]}" + (f", output {path}" if path else "")
+    return f"case {int(case[1:]) + 1}" + (f", output {path}" if path else "")
 
 
 def close(out, target, rtol, atol):

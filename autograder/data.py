@@ -19,11 +19,13 @@ import io
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .assignment import PACKAGE_DIR
+from .predictions import read_capped
 
 REFERENCE_DIR = PACKAGE_DIR / "reference_data"
 PREPARED_DIR = PACKAGE_DIR / "prepared"
@@ -151,40 +153,14 @@ def load_exercise(ex_id, reference_dir=REFERENCE_DIR):
 
 def load_npz_untrusted(path, max_bytes):
     """Read an ``.npz`` written by the sandbox: no symlinks, bounded size, no pickle."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        import stat
-
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > max_bytes:
-            raise ValueError(f"too large ({st.st_size} bytes)")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            raw = fh.read(max_bytes + 1)
-    finally:
-        os.close(fd)
-    import zipfile
-
-    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+    raw = read_capped(path, max_bytes)
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:  # refuse a zip bomb before inflating it
         if sum(info.file_size for info in zf.infolist()) > 4 * max_bytes:
             raise ValueError("archive expands too much")
-    arrays = {}
     with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-        for key in z.files:
-            arrays[key] = z[key]
-    return arrays
+        return {key: z[key] for key in z.files}
 
 
 def read_untrusted_text(path, max_bytes):
     """Read a small text file written by the sandbox (no symlinks, bounded)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        import stat
-
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read(max_bytes).decode("utf-8", "replace")
-    finally:
-        os.close(fd)
+    return read_capped(path, max_bytes).decode("utf-8", "replace")

@@ -11,12 +11,15 @@ import stat
 from fractions import Fraction
 
 
-class PredictionError(Exception):
-    """The prediction file cannot be graded (message names the line)."""
+class PredictionError(ValueError):
+    """A file from the submission cannot be graded (the message names the line or the problem)."""
 
 
 def read_capped(path, max_bytes):
-    """Read a regular file (never a symlink, FIFO or device), refusing oversized files fast."""
+    """Read a regular file (never a symlink, FIFO or device), refusing oversized files fast.
+
+    Used for every file that a student can control: uploads and what the sandbox wrote back.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
