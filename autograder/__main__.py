@@ -76,8 +76,10 @@ def main(argv=None):
         return merge_csv(args.out_csv, args.parts)
     try:
         if args.command == "grade":
-            grade(args.submission, args.results, args.labels, _options(args))
-            return 0
+            results = grade(args.submission, args.results, args.labels, _options(args))
+            # No test at all: the grader itself failed (bad labels, missing folder, ...); its
+            # message is in the summary above, and results.json says the same to the student.
+            return 0 if results["tests"] else 1
         from .grade_all import grade_all
 
         return grade_all(

@@ -87,6 +87,14 @@ def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=
             )
     os.replace(tmp, csv_path)
     print(f"graded {len(rows)} submissions into {csv_path}", file=sys.stderr)
+    failed = sorted(name for name, res in rows.items() if not res["tests"])
+    if failed:  # the grader itself failed on these (e.g. bad labels): say so, exit non-zero
+        print(
+            f"error: {len(failed)} submissions could not be graded ({', '.join(failed[:5])}"
+            f"{', ...' if len(failed) > 5 else ''}); see the output in their results.json",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
