@@ -136,6 +136,20 @@ def test_results_written_when_the_grader_itself_fails(tmp_path):
     assert "autograder failed" in data["output"] and data["score"] == 0
 
 
+def test_cli_exits_nonzero_when_the_grader_itself_fails(tmp_path, capsys):
+    from autograder.__main__ import main
+
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    no_labels = str(tmp_path / "no-labels-here")
+    results = tmp_path / "results.json"
+    assert main(["grade", str(tmp_path / "subs" / "ann"), "--results", str(results),
+                 "--labels", no_labels]) == 1  # fmt: skip
+    assert "no-labels-here" in capsys.readouterr().out and results.is_file()
+    assert main(["grade-all", str(tmp_path / "subs"), "--csv", str(tmp_path / "g.csv"),
+                 "--labels", no_labels]) == 1  # fmt: skip
+    assert "1 submissions could not be graded (ann)" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- declarations
 def test_declarations_are_read_without_importing():
     decls = read_declarations(ROOT / "test_functions.py")
