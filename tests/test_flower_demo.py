@@ -16,7 +16,10 @@ import synthetic_flowers
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "demo_flower.py")
-ENV = dict(os.environ, VIT_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+# CPU only (the equality checks need determinism; 2 DDP processes need not 2 GPUs), offline.
+ENV = dict(
+    os.environ, VIT_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES=""
+)
 
 TINY_PRESETS = """
 flower:
