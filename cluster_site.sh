@@ -130,9 +130,10 @@ kit_arm_warning() {
 }
 
 # Run the demo, forward signals to it, and requeue the job when it stopped to be resumed.
-# $1 = demo script, $2 = dataset folder from the site settings (may be empty).
+# $1 = demo script, $2 = dataset folder from the site settings (may be empty),
+# $3 = the predictions file the demo writes last (test_flower.txt / test_pixmo.txt).
 kit_run() {
-  local demo="$1" data_dir="${DATA_DIR:-$2}"
+  local demo="$1" data_dir="${DATA_DIR:-$2}" predictions="$OUTPUT_DIR/$3"
   local args=(--exp_name "$EXP_NAME" --output_dir "$OUTPUT_DIR")
   local restarts="${SLURM_RESTART_COUNT:-0}"
   local checkpoint="$OUTPUT_DIR/checkpoint.pt"
@@ -196,6 +197,12 @@ kit_run() {
 
   if [ "$rc" -eq 0 ]; then
     kit_say "training finished"
+    return 0
+  fi
+  # A signal that arrives after the demo wrote its predictions (while it exits) kills it, but
+  # the run is complete: nothing to resume.
+  if [ -n "$KIT_CAUGHT" ] && [ -f "$predictions" ] && [ "$(stat -c %Y "$predictions")" -ge "$started" ]; then
+    kit_say "training finished (SIG$KIT_CAUGHT came while the demo was exiting; status $rc)"
     return 0
   fi
   if [ "$rc" -ne "$EX_TEMPFAIL" ] && [ -z "$KIT_CAUGHT" ]; then

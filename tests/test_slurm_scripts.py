@@ -366,3 +366,32 @@ def test_install_script_is_a_no_op_when_installed():
         pytest.skip(f"Slurm not installed here: {local_cluster.unavailable_reason()}")
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "already installed" in result.stdout
+
+
+def test_late_signal_after_the_predictions_is_not_a_failure(fake_kit):
+    """A signal while the demo exits (predictions written) must not requeue a finished run."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))},
+        "OUTPUT_DIR": "runs/late",
+        "EXP_NAME": "e1",
+    }
+    # Writes checkpoint and predictions, then "shuts down" with default signal handlers.
+    (fake_kit / "demo_flower.py").write_text(
+        "import pathlib, time\n"
+        "out = pathlib.Path('runs/late')\n"
+        "(out / 'checkpoint.pt').write_text('done')\n"
+        "(out / 'test_flower.txt').write_text('1\\n2\\n')\n"
+        "print('predictions written', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        ["bash", "flower.sbatch"], cwd=fake_kit, env=env, stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while not (fake_kit / "runs/late/test_flower.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "training finished (SIGUSR1 came while the demo was exiting" in out
