@@ -19,6 +19,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from autograder import data as agdata
 from autograder.assignment import KIT_ROOT, load_assignment
 from autograder.predictions import PredictionError, parse_lines, read_capped
@@ -39,8 +41,6 @@ def _add(zf, name, payload, executable=False):
 
 def deterministic_npz(arrays):
     """An ``.npz`` archive whose bytes depend only on the arrays (fixed entry timestamps)."""
-    import numpy as np
-
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for key in sorted(arrays):
@@ -80,8 +80,6 @@ def build_zip(out_zip, labels_dir, root=KIT_ROOT, assignment_path=None):
             folder = agdata.prepare(
                 ex_id, Path(tmp) / ex_id, root / "autograder" / "reference_data"
             )
-            import numpy as np
-
             for name in ("targets.npz", "mistakes.npz"):
                 with np.load(folder / name, allow_pickle=False) as z:
                     arrays = {k: z[k] for k in z.files}

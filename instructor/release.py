@@ -235,6 +235,12 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
             raise ReleaseError(
                 f"{out_dir} exists and is not empty; choose a new folder or use --force"
             )
+        # --force deletes the folder: never the repository, a folder holding it, or a checkout
+        here = out_dir.resolve()
+        if here == root.resolve() or here in root.resolve().parents or (here / ".git").exists():
+            raise ReleaseError(
+                f"{out_dir} holds a git checkout or this repository; --force will not delete it"
+            )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for rel in sorted(files):

@@ -83,6 +83,21 @@ def test_release_refuses_a_non_empty_folder(tmp_path):
         build_release(tmp_path)
 
 
+def test_force_replaces_an_old_release_but_never_a_checkout(tmp_path, monkeypatch):
+    build_release(tmp_path / "old")
+    build_release(tmp_path / "old", force=True)  # an earlier release is replaced
+    (tmp_path / "clone" / ".git").mkdir(parents=True)
+
+    def refuse(path, *args, **kwargs):  # should the guard break, fail without deleting
+        raise AssertionError(f"release --force tried to delete {path}")
+
+    monkeypatch.setattr("instructor.release.shutil.rmtree", refuse)
+    for folder in (tmp_path / "clone", ROOT, ROOT.parent):
+        with pytest.raises(ReleaseError, match="will not delete"):
+            build_release(folder, force=True)
+    assert (tmp_path / "clone" / ".git").is_dir() and (ROOT / "transformer_utils.py").is_file()
+
+
 MALFORMED = {
     "unclosed": ("def f():\n    # BEGIN SOLUTION layer_norm\n    return 1\n", 2, "never closed"),
     "stray_end": ("def f():\n    return 1\n    # END SOLUTION\n", 3, "without a matching"),
