@@ -1,6 +1,7 @@
 """The shared Trainer, the GPU-side batch transforms and the run-directory helpers (in-process)."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -204,3 +205,30 @@ def test_flower_loader_reads_the_real_format_and_greyscale(tmp_path):
     loaded, labels = load_flower_split(tmp_path, "val")
     assert [im.shape for im in loaded] == [(30, 40, 3), (50, 20, 3)]
     assert labels.tolist() == [3, 101] and loaded[1][0, 0].tolist() == [7, 7, 7]
+
+
+def test_slurm_tasks_become_torch_ranks(monkeypatch):
+    from training_utils import _env_from_slurm
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    _env_from_slurm()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == (
+        "1",
+        "2",
+        "1",
+    )
+    assert os.environ["MASTER_PORT"] == str(29500 + 242)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    from training_utils import check_resume_config, write_config
+
+    write_config(tmp_path, {"lr": 0.01, "epochs": 100})
+    check_resume_config(tmp_path, {"lr": 0.01, "epochs": 100})
+    with pytest.raises(UserError, match="differ .* in lr"):
+        check_resume_config(tmp_path, {"lr": 0.1, "epochs": 100})
