@@ -96,6 +96,62 @@ def _known(section, allowed, where):
         )
 
 
+def _mapping(item, where):
+    if not isinstance(item, dict):
+        raise AssignmentError(f"{where}: expected a mapping (key: value lines), got {item!r}")
+
+
+def _prediction(item, where):
+    _mapping(item, where)
+    _known(item, set(PredictionPart.__dataclass_fields__), where)
+    threshold = _fraction(item["threshold"], where + ".threshold")
+    floor = _fraction(item.get("floor", 0), where + ".floor")
+    if floor >= threshold:
+        raise AssignmentError(f"{where}: floor must be below the threshold")
+    return PredictionPart(
+        file=item["file"],
+        name=item.get("name", item["file"]),
+        number=str(item.get("number", "")),
+        points=float(item["points"]),
+        threshold=threshold,
+        floor=floor,
+        num_classes=int(item["num_classes"]),
+        visibility=item.get("visibility", "visible"),
+        leaderboard=item.get("leaderboard", ""),
+        max_bytes=int(item.get("max_bytes", 1_000_000)),
+    )
+
+
+def _required_file(item, where):
+    item = {"file": item} if isinstance(item, str) else item
+    _mapping(item, where)
+    _known(item, set(RequiredFile.__dataclass_fields__), where)
+    return RequiredFile(
+        file=item["file"],
+        name=item.get("name", f"{item['file']} present"),
+        number=str(item.get("number", "")),
+        points=float(item.get("points", 0)),
+        visibility=item.get("visibility", "visible"),
+    )
+
+
+def _parse_list(raw, key, path, parse):
+    """Parse ``raw[key]``, a list of mappings; any problem is one line naming the entry."""
+    items = raw.get(key) or []
+    if not isinstance(items, list):
+        raise AssignmentError(f"{path}: {key} must be a list")
+    parsed = []
+    for i, item in enumerate(items):
+        where = f"{path}: {key}[{i}]"
+        try:
+            parsed.append(parse(item, where))
+        except KeyError as exc:
+            raise AssignmentError(f"{where}: missing key {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise AssignmentError(f"{where}: {exc}") from None
+    return parsed
+
+
 def load_assignment(path=None):
     """Parse and validate the assignment YAML file."""
     path = Path(path) if path else default_assignment_path()
@@ -118,65 +174,18 @@ def load_assignment(path=None):
         },
         str(path),
     )
-    predictions = []
-    for i, item in enumerate(raw.get("predictions") or []):
-        where = f"{path}: predictions[{i}]"
-        _known(
-            item,
-            {
-                "file",
-                "name",
-                "number",
-                "points",
-                "threshold",
-                "floor",
-                "num_classes",
-                "visibility",
-                "leaderboard",
-                "max_bytes",
-            },
-            where,
-        )
-        threshold = _fraction(item["threshold"], where + ".threshold")
-        floor = _fraction(item.get("floor", 0), where + ".floor")
-        if floor >= threshold:
-            raise AssignmentError(f"{where}: floor must be below the threshold")
-        predictions.append(
-            PredictionPart(
-                file=item["file"],
-                name=item.get("name", item["file"]),
-                number=str(item.get("number", "")),
-                points=float(item["points"]),
-                threshold=threshold,
-                floor=floor,
-                num_classes=int(item["num_classes"]),
-                visibility=item.get("visibility", "visible"),
-                leaderboard=item.get("leaderboard", ""),
-                max_bytes=int(item.get("max_bytes", 1_000_000)),
-            )
-        )
-    required = []
-    for i, item in enumerate(raw.get("required_files") or []):
-        item = {"file": item} if isinstance(item, str) else item
-        _known(
-            item, {"file", "name", "number", "points", "visibility"}, f"{path}: required_files[{i}]"
-        )
-        required.append(
-            RequiredFile(
-                file=item["file"],
-                name=item.get("name", f"{item['file']} present"),
-                number=str(item.get("number", "")),
-                points=float(item.get("points", 0)),
-                visibility=item.get("visibility", "visible"),
-            )
-        )
+    predictions = _parse_list(raw, "predictions", path, _prediction)
+    required = _parse_list(raw, "required_files", path, _required_file)
     release = raw.get("release") or {}
     _known(release, {"files", "exclude"}, f"{path}: release")
     sandbox = raw.get("sandbox") or {}
     limits = SandboxLimits()
     _known(sandbox, set(vars(limits)), f"{path}: sandbox")
     for key, value in sandbox.items():
-        setattr(limits, key, type(getattr(limits, key))(value))
+        try:
+            setattr(limits, key, type(getattr(limits, key))(value))
+        except (TypeError, ValueError):
+            raise AssignmentError(f"{path}: sandbox.{key}: {value!r} is not a number") from None
     return Assignment(
         name=raw.get("name", "assignment"),
         student_exercises=list(raw.get("student_exercises") or []),

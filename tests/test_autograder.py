@@ -3,6 +3,7 @@ results.json, declarations, the Gradescope zip, bulk grading and failing closed.
 
 import json
 import os
+import re
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -148,6 +149,39 @@ def test_cli_exits_nonzero_when_the_grader_itself_fails(tmp_path, capsys):
     assert main(["grade-all", str(tmp_path / "subs"), "--csv", str(tmp_path / "g.csv"),
                  "--labels", no_labels]) == 1  # fmt: skip
     assert "1 submissions could not be graded (ann)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- assignment file
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("predictions: [{file: a.txt, points: 4, num_classes: 3}]", "predictions[0]: missing key 'threshold'"),
+        ("predictions: [a.txt]", "predictions[0]: expected a mapping"),
+        ("required_files: [script.py, 3]", "required_files[1]: expected a mapping"),
+        ("sandbox: {timeout_s: soon}", "sandbox.timeout_s: 'soon' is not a number"),
+        ("predictions: {file: a.txt}", "predictions must be a list"),
+        ("studnet_exercises: [layer_norm]", "unknown key(s) studnet_exercises"),
+    ],
+)  # fmt: skip
+def test_malformed_assignment_is_one_line_naming_the_entry(tmp_path, text, words):
+    from autograder.assignment import AssignmentError
+
+    (tmp_path / "a.yml").write_text(text + "\n")
+    with pytest.raises(AssignmentError, match=re.escape(words)) as info:
+        load_assignment(tmp_path / "a.yml")
+    assert "\n" not in str(info.value)
+
+
+def test_default_assignment_is_the_original_one():
+    a = ASSIGNMENT
+    assert a.student_exercises == ["self_attention", "layer_norm"]
+    assert a.exercise_points == {"self_attention": 2, "layer_norm": 2}
+    parts = {p.file: (p.points, p.threshold) for p in a.predictions}
+    assert parts == {
+        "test_flower.txt": (4, Fraction("0.92")),
+        "test_pixmo.txt": (4, Fraction("0.45")),
+    }
+    assert [r.file for r in a.required_files] == ["script_q2.py", "script_q3.py"]
 
 
 # ---------------------------------------------------------------- declarations
