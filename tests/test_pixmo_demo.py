@@ -68,7 +68,7 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     preds = (run / "test_pixmo.txt").read_text().split()
-    assert len(preds) == 48 and all(0 <= int(p) < 20 for p in preds)
+    assert len(preds) == 32 and all(0 <= int(p) < 20 for p in preds)
     log = (run / "train.log").read_text()
     assert "SYNTHETIC DATA" in log and "SYNTHETIC DATA" in result.stdout
     assert "synthetic test accuracy" in log
