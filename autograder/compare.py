@@ -11,10 +11,6 @@ import numpy as np
 EXPECTED_TYPE = "torch.Tensor"
 
 
-def _case_of(key):
-    return key.split("/", 1)[0]
-
-
 def _describe_key(key):
     """'c0/out' -> 'case 1, output out' (numbered from 1, as in the student tests)."""
     case, _, path = key.partition("/")
@@ -37,10 +33,11 @@ def check_outputs(outputs, types, targets, rtol, atol):
     """Return ``(passed, message)`` for one exercise."""
     expected = set(targets)
     got = set(outputs)
+    types = types if isinstance(types, dict) else {}  # written by the sandbox: untrusted
     for key in sorted(expected, key=_sort_key):
         where = _describe_key(key)
+        kind = types.get(key)
         if key not in got:
-            kind = types.get(key) if isinstance(types, dict) else None
             if isinstance(kind, str) and kind:
                 return False, f"{where}: expected a torch.Tensor, got an object of type {kind[:80]}"
             return (
@@ -48,7 +45,6 @@ def check_outputs(outputs, types, targets, rtol, atol):
                 f"{where}: no output was produced (the returned structure is not the expected one)",
             )
         out, tgt = outputs[key], targets[key]
-        kind = types.get(key) if isinstance(types, dict) else None
         if kind != EXPECTED_TYPE:
             return False, f"{where}: expected a plain torch.Tensor, got {str(kind)[:80]}"
         if out.shape != tgt.shape:

@@ -255,7 +255,7 @@ class _Limits:
         self.__dict__.update(d)
 
 
-def describe_protections(res, caps, opts, limits):
+def describe_protections(res, caps, limits, protected):
     """Human-readable list of the protections that were active (for stdout and results)."""
     lines = ["Sandbox protections for this run:"]
     lines.append(
@@ -293,7 +293,7 @@ def describe_protections(res, caps, opts, limits):
         lines.append(
             f"  - hidden data, labels, solution and results unreadable, results file "
             f"unwritable from the sandbox [verified by probe, "
-            f"{len(opts_protected(res))} paths]"
+            f"{len(protected)} paths]"
         )
     if getattr(res, "cgroups", None):
         names = " and ".join(
@@ -316,10 +316,6 @@ def describe_protections(res, caps, opts, limits):
         f"{limits['max_output_kb']} KB; results returned as .npz (no pickle)"
     )
     return "\n".join(lines)
-
-
-def opts_protected(res):
-    return getattr(res, "protected", [])
 
 
 def grade(submission, results_path, labels_dir, options=None):
@@ -411,10 +407,8 @@ def _grade(submission, results_path, labels_dir, opts):
         tests = _finish_exercises(state, decls)
     tests += other_tests
     res = state["res"]
-    if res is not None:
-        res.protected = protected
     limits = state["limits"]
-    protections = describe_protections(res, caps, opts, limits)
+    protections = describe_protections(res, caps, limits, protected)
     out = [f"Autograder for {assignment.name}.", protections]
     if res is not None and res.log_bytes > limits["max_output_kb"] * 1024:
         out.append(
