@@ -41,14 +41,14 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 
 _NS_SCRIPT = r"""
 set -eu
-NEW="$1"; BOX="$2"; PY="$3"; CHROOT="$4"; shift 4
+NEW="$1"; BOX="$2"; PY="$3"; CHROOT="$4"; SYSTEM="$5"; shift 5
 mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev agroot "$NEW"
 robind() {
   mkdir -p "$NEW$1"; mount --rbind "$1" "$NEW$1"
   # read-only where the kernel lets us (locked flags may refuse); permissions protect anyway
   mount -o remount,bind,ro "$NEW$1" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$NEW$1" 2>/dev/null || true
 }
-for d in /usr /bin /sbin /lib /lib32 /lib64 /libx32 /etc; do
+for d in $SYSTEM; do
   if [ -L "$d" ]; then ln -s "$(readlink "$d")" "$NEW$d"
   elif [ -d "$d" ]; then robind "$d"
   fi
@@ -430,13 +430,7 @@ def start_sandbox(
         cmd = [
             "unshare",
             *(["--user", "--map-root-user"] if caps.userns else []),
-            "--mount",
-            "--pid",
-            "--net",
-            "--ipc",
-            "--uts",
-            "--fork",
-            "--kill-child",
+            *_NS_FLAGS,
             "--propagation",
             "private",
             "sh",
@@ -447,6 +441,7 @@ def start_sandbox(
             str(box),
             python,
             shutil.which("chroot"),
+            " ".join(SYSTEM_DIRS),
             *interpreter_dirs(),
         ]
         mode = "user-namespaces" if caps.userns else "namespaces"
