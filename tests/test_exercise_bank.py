@@ -5,7 +5,6 @@ stubbed exercises, known mistakes and forbidden torch built-ins must each be
 reported the way the student tests promise.
 """
 
-import ast
 import importlib.util
 import io
 import pickle
@@ -21,29 +20,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import test_functions  # noqa: E402
+from autograder.declarations import read_declarations  # noqa: E402
 from instructor import reference_data  # noqa: E402
+from instructor.release import find_regions  # noqa: E402
 
 SOURCE = (ROOT / "transformer_utils.py").read_text(encoding="utf-8")
 EXERCISE_IDS = list(test_functions.EXERCISES)
 
-# One solution region: "# BEGIN SOLUTION <id>" ... "# END SOLUTION" at the same indentation.
-REGION = re.compile(
-    r"^(?P<indent>[ \t]*)# BEGIN SOLUTION (?P<id>\w+)[ \t]*\n(?P<body>.*?)^(?P=indent)# END SOLUTION[ \t]*\n",
-    re.M | re.S,
-)
-
 
 def stub_exercise(source, exercise_id):
-    """Replace every solution region of one exercise by `raise NotImplementedError`."""
-
-    def replace(match):
-        if match["id"] != exercise_id:
-            return match.group(0)
-        return f'{match["indent"]}raise NotImplementedError("stub for {exercise_id}")\n'
-
-    stubbed, count = REGION.subn(replace, source)
-    assert count and stubbed != source, f"no solution region for {exercise_id}"
-    return stubbed
+    """Replace every solution region of one exercise by a bare `raise NotImplementedError`
+    (what unfinished student code looks like). Regions are found by the release's parser."""
+    lines = source.splitlines(keepends=True)
+    regions = [r for r in find_regions(source, "transformer_utils.py") if r.exercise == exercise_id]
+    assert regions, f"no solution region for {exercise_id}"
+    for r in reversed(regions):
+        stub = f'{r.indent}raise NotImplementedError("stub for {exercise_id}")\n'
+        lines[r.begin - 1 : r.end] = [stub]
+    return "".join(lines)
 
 
 def edit(source, old, new):
@@ -92,27 +86,16 @@ def method_for(exercise_id):
 
 
 def test_solution_markers_are_well_formed():
-    begins = re.findall(r"^[ \t]*# BEGIN SOLUTION (\w+)[ \t]*$", SOURCE, re.M)
-    ends = re.findall(r"^[ \t]*# END SOLUTION[ \t]*$", SOURCE, re.M)
-    regions = REGION.findall(SOURCE)
-    assert len(begins) == len(ends) == len(regions), "unbalanced or mis-indented markers"
-    for _, _, body in regions:
-        assert "# BEGIN SOLUTION" not in body, "nested solution regions"
-    assert set(begins) == set(EXERCISE_IDS), "every exercise needs a region and a test"
+    regions = find_regions(SOURCE, "transformer_utils.py")  # raises on malformed markers
+    assert {r.exercise for r in regions} == set(EXERCISE_IDS), "every exercise needs a region"
 
 
 def test_declarations_are_literals():
-    tree = ast.parse((ROOT / "test_functions.py").read_text(encoding="utf-8"))
-    found = {}
-    for node in ast.walk(tree):
-        for deco in getattr(node, "decorator_list", []):
-            if isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "exercise":
-                values = {kw.arg: ast.literal_eval(kw.value) for kw in deco.keywords}
-                found[values["id"]] = values
-    assert found["self_attention"]["number"] == "1.1" and found["self_attention"]["points"] == 2
-    assert found["layer_norm"]["number"] == "1.2" and found["layer_norm"]["points"] == 2
+    found = read_declarations(ROOT / "test_functions.py")  # ast.literal_eval, no import
+    assert (found["self_attention"].number, found["self_attention"].points) == ("1.1", 2)
+    assert (found["layer_norm"].number, found["layer_norm"].points) == ("1.2", 2)
     assert set(found) == set(test_functions.RUNNERS) == set(EXERCISE_IDS)
-    numbers = [v["number"] for v in found.values()]
+    numbers = [d.number for d in found.values()]
     assert len(set(numbers)) == len(numbers)
 
 
