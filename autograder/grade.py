@@ -18,7 +18,7 @@ from pathlib import Path
 from . import compare, data, sandbox
 from .assignment import KIT_ROOT, load_assignment
 from .declarations import read_declarations
-from .predictions import PredictionError, grade_predictions, parse_lines, read_capped
+from .predictions import PredictionError, grade_predictions, read_capped, read_labels
 from .results import normalise, write_results
 
 MAX_SOURCE_BYTES = 2_000_000
@@ -390,14 +390,8 @@ def _grade(submission, results_path, labels_dir, opts):
         }
     )
     unwritable = [str(results_path)]
-    labels = {}
-    for part in assignment.predictions:  # the instructor's files: check them before anything
-        try:
-            labels[part.file] = parse_lines(
-                read_capped(labels_dir / part.file, 10_000_000), part.num_classes
-            )
-        except PredictionError as exc:
-            raise ValueError(f"labels {labels_dir / part.file}: {exc}") from None
+    # the instructor's files: check them before running anything
+    labels = read_labels(labels_dir, assignment.predictions)
     caps = sandbox.detect(opts.namespaces, opts.userns)
     # Start the sandbox first: its torch import is the slow part, so the checks below overlap.
     state = _start_exercises(assignment, decls, sub_root, opts, protected, unwritable)

@@ -78,6 +78,25 @@ def parse_lines(data, num_classes, max_lines=None):
     return values
 
 
+def read_labels(labels_dir, parts):
+    """The instructor's true labels: ``{file: [int, ...]}`` for each prediction part."""
+    labels = {}
+    for part in parts:
+        path = os.path.join(labels_dir, part.file)
+        try:
+            values = parse_lines(read_capped(path, 10_000_000), part.num_classes)
+        except PredictionError as exc:
+            hint = ""
+            if str(exc) == "file not found":
+                names = ", ".join(p.file for p in parts)
+                hint = f" (--labels must be the folder that holds the true {names})"
+            raise PredictionError(f"labels {path}: {exc}{hint}") from None
+        if not values:
+            raise PredictionError(f"labels {path}: the file is empty")
+        labels[part.file] = values
+    return labels
+
+
 def credit(correct, total, threshold, floor, points):
     """Points for ``correct`` of ``total``: full at ``threshold``, linear down to 0 at ``floor``.
 

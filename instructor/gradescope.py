@@ -23,7 +23,7 @@ import numpy as np
 
 from autograder import data as agdata
 from autograder.assignment import KIT_ROOT, load_assignment
-from autograder.predictions import PredictionError, parse_lines, read_capped
+from autograder.predictions import PredictionError, read_labels
 
 from .release import ReleaseError, find_regions
 
@@ -58,15 +58,12 @@ def build_zip(out_zip, labels_dir, root=KIT_ROOT, assignment_path=None):
     assignment = load_assignment(assignment_path)
     labels_dir = Path(labels_dir)
     entries = {}
+    try:
+        read_labels(labels_dir, assignment.predictions)  # refuse to ship broken labels
+    except PredictionError as exc:
+        raise ReleaseError(str(exc)) from None
     for part in assignment.predictions:
-        path = labels_dir / part.file
-        try:
-            labels = parse_lines(read_capped(path, 10_000_000), part.num_classes)
-        except PredictionError as exc:
-            raise ReleaseError(f"labels {path}: {exc}") from None
-        if not labels:
-            raise ReleaseError(f"labels {path}: the file is empty")
-        entries[f"labels/{part.file}"] = (path.read_bytes(), False)
+        entries[f"labels/{part.file}"] = ((labels_dir / part.file).read_bytes(), False)
     for src in sorted((root / "autograder").glob("*.py")):
         entries[f"autograder/{src.name}"] = (src.read_bytes(), False)
     entries["autograder/assignment.yml"] = (assignment_path.read_bytes(), False)
