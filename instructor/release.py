@@ -25,7 +25,11 @@ from autograder.declarations import read_declarations
 FIXED_MTIME = 315532800  # 1980-01-01, the earliest time a zip file can hold
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 MARKER_RE = re.compile(r"#\s*(BEGIN|END)\s+SOLUTION\b(.*)$", re.IGNORECASE)
-README_BLOCK = re.compile(r"<!-- BEGIN instructor -->.*?<!-- END instructor -->\n?", re.DOTALL)
+# README.md: the instructor section, and any line range that other sections mark as
+# instructor-only (e.g. benchmark or test commands that refer to folders students never get).
+README_BLOCK = re.compile(
+    r"<!-- BEGIN (instructor|instructor-only) -->.*?<!-- END \1 -->\n?", re.DOTALL
+)
 
 
 class ReleaseError(Exception):
@@ -163,6 +167,11 @@ def stub_source(source, filename, student, declarations):
     return new, {r.exercise for r in regions}
 
 
+def strip_instructor_text(readme):
+    """README.md without its instructor section and instructor-only blocks."""
+    return README_BLOCK.sub("", readme)
+
+
 def tracked_top_level(root):
     """Top-level entries tracked by git (files and folders), or None outside a git checkout."""
     try:
@@ -219,7 +228,7 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
             found_ids |= ids
             data = text.encode("utf-8")
         elif name == "README.md":
-            data = README_BLOCK.sub("", data.decode("utf-8")).encode("utf-8")
+            data = strip_instructor_text(data.decode("utf-8")).encode("utf-8")
         files[name] = data
     missing = student - found_ids
     if missing:

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from autograder.assignment import load_assignment
-from instructor.release import ReleaseError, build_release, check_listing, find_regions, stub_source
+from instructor.release import (
+    ReleaseError,
+    build_release,
+    check_listing,
+    find_regions,
+    strip_instructor_text,
+    stub_source,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = load_assignment(ROOT / "instructor" / "assignment.yml")
@@ -69,6 +76,17 @@ def test_instructor_readme_section_is_removed(release):
     if (release / "README.md").exists():
         text = (release / "README.md").read_text()
         assert "<!-- BEGIN instructor -->" not in text
+
+
+def test_instructor_only_blocks_are_removed_from_any_readme_section():
+    readme = (
+        "<!-- BEGIN flower -->\nTrain it.\n<!-- BEGIN instructor-only -->\n"
+        "python benchmarks/bench.py\n<!-- END instructor-only -->\nDone.\n<!-- END flower -->\n"
+        "<!-- BEGIN instructor -->\nSecrets.\n<!-- END instructor -->\nEnd.\n"
+    )
+    assert strip_instructor_text(readme) == (
+        "<!-- BEGIN flower -->\nTrain it.\nDone.\n<!-- END flower -->\nEnd.\n"
+    )
 
 
 def test_two_releases_are_byte_identical(tmp_path):
