@@ -82,8 +82,9 @@ def read_declarations(path):
             if ex.id in found:
                 raise DeclarationError(f"{path}:{deco.lineno}: exercise {ex.id!r} declared twice")
             found[ex.id] = ex
-    return dict(sorted(found.items(), key=lambda kv: _number_key(kv[1].number)))
+    return dict(sorted(found.items(), key=lambda kv: number_key(kv[1].number)))
 
 
-def _number_key(number):
+def number_key(number):
+    """Sort key of a test number: "1.2" < "1.10" < "2.1"."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in number.split("."))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import compare, data, sandbox
 from .assignment import KIT_ROOT, load_assignment
-from .declarations import read_declarations
+from .declarations import number_key, read_declarations
 from .predictions import PredictionError, grade_predictions, read_capped, read_labels
 from .results import normalise, write_results
 
@@ -400,6 +400,7 @@ def _grade(submission, results_path, labels_dir, opts):
     finally:
         tests = _finish_exercises(state, decls)
     tests += other_tests
+    tests.sort(key=lambda t: number_key(t["number"]))  # Gradescope lists them in this order
     res = state["res"]
     limits = state["limits"]
     protections = describe_protections(res, caps, limits, protected)
