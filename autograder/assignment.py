@@ -68,8 +68,14 @@ class Assignment:
     required_files: list
     release_files: list
     release_exclude: list
+    practice_exercises: list = field(default_factory=list)
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     path: Path = None
+
+    @property
+    def stubbed_exercises(self):
+        """Every exercise the release replaces by a stub: graded work, then practice."""
+        return [*self.student_exercises, *self.practice_exercises]
 
 
 def default_assignment_path():
@@ -166,6 +172,7 @@ def load_assignment(path=None):
         {
             "name",
             "student_exercises",
+            "practice_exercises",
             "points",
             "predictions",
             "required_files",
@@ -186,9 +193,16 @@ def load_assignment(path=None):
             setattr(limits, key, type(getattr(limits, key))(value))
         except (TypeError, ValueError):
             raise AssignmentError(f"{path}: sandbox.{key}: {value!r} is not a number") from None
+    both = set(raw.get("student_exercises") or []) & set(raw.get("practice_exercises") or [])
+    if both:
+        raise AssignmentError(
+            f"{path}: {', '.join(sorted(both))} listed as both student and practice exercises; "
+            "keep each in one list"
+        )
     return Assignment(
         name=raw.get("name", "assignment"),
         student_exercises=list(raw.get("student_exercises") or []),
+        practice_exercises=list(raw.get("practice_exercises") or []),
         exercise_points={k: float(v) for k, v in (raw.get("points") or {}).items()},
         predictions=predictions,
         required_files=required,

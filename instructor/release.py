@@ -1,8 +1,8 @@
 """``python -m instructor release OUT_DIR``: write the student starter from this repository.
 
 What ships: the top-level files listed under ``release.files`` in the assignment (those that
-exist), with every *student* exercise's solution region replaced by a stub that raises
-``NotImplementedError``, the regions of "given" exercises kept (marker lines removed), the
+exist), with every student and practice exercise's solution region replaced by a stub that
+raises ``NotImplementedError``, the regions of "given" exercises kept (marker lines removed), the
 instructor-only section of README.md removed, and the public ``test_data/*.pkl``. Every
 tracked top-level entry must be listed in ``release.files`` or ``release.exclude``, so a new
 file can neither leak nor be forgotten. Files are written in a fixed order with fixed
@@ -207,11 +207,11 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
             f"{assignment.path}: listed as shipped AND excluded: {', '.join(sorted(both))}"
         )
     declarations = read_declarations(root / "test_functions.py")
-    student = set(assignment.student_exercises)
+    student = set(assignment.stubbed_exercises)
     unknown = student - set(declarations)
     if unknown:
         raise ReleaseError(
-            f"{assignment.path}: student exercise(s) {', '.join(sorted(unknown))} not declared "
+            f"{assignment.path}: exercise(s) {', '.join(sorted(unknown))} not declared "
             f"in test_functions.py (known: {', '.join(declarations)})"
         )
     files = {}  # relative path -> bytes

@@ -175,6 +175,9 @@ def test_malformed_assignment_is_one_line_naming_the_entry(tmp_path, text, words
 def test_default_assignment_is_the_original_one():
     a = ASSIGNMENT
     assert a.student_exercises == ["self_attention", "layer_norm"]
+    # Every other exercise is stubbed practice: their solutions would give the graded ones away.
+    declared = set(read_declarations(ROOT / "test_functions.py"))
+    assert set(a.stubbed_exercises) == declared
     assert a.exercise_points == {"self_attention": 2, "layer_norm": 2}
     parts = {p.file: (p.points, p.threshold) for p in a.predictions}
     assert parts == {
