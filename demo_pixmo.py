@@ -266,6 +266,11 @@ def train(cfg: PixmoConfig) -> None:
         except PixmoDataError as err:
             raise UserError(str(err)) from None
         prep_seconds = time.time() - t0
+        # The model (and its weights file) before anything is written: a bad --weights file
+        # must leave no run behind. Its messages go to the log once the log exists.
+        seed_everything(cfg.seed)  # same initial weights on every process (and on resume)
+        model_messages = []
+        model, pretrained = build_model(cfg, model_messages.append)
         resolved = dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
         if FLAGS.resume:
             check_resume_config(out, resolved)
@@ -287,8 +292,8 @@ def train(cfg: PixmoConfig) -> None:
             f"on {ctx.device} in {prep_seconds:.1f}s"
         )
 
-        seed_everything(cfg.seed)  # same initial weights on every process (and on resume)
-        model, pretrained = build_model(cfg, log.info)
+        for message in model_messages:
+            log.info(message)
         model = model.to(ctx.device)
         channels_last = cfg.channels_last and ctx.device.type == "cuda"
         train_src, val_src, test_src = batch_sources(splits, cfg, ctx, channels_last)

@@ -186,3 +186,13 @@ def test_existing_run_dir_and_bad_resume(tmp_path):
 def test_missing_weights_file(tmp_path):
     result = run_demo("--weights", "no_such.pth", cwd=tmp_path)
     assert_one_line_error(result, "--weights no_such.pth does not exist")
+
+
+def test_unreadable_weights_file_leaves_no_run(tmp_path, small_data):
+    copy_data(small_data, tmp_path / "data")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    result = run_demo(
+        "--weights", "junk.pth", "--data_dir", "data", "--output_dir", "run", cwd=tmp_path
+    )
+    assert_one_line_error(result, "junk.pth is not a readable torch checkpoint")
+    assert not (tmp_path / "run" / "config.yaml").exists()
