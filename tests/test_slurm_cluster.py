@@ -5,14 +5,14 @@ them every test here is skipped with the reason. The cluster (tests/slurm/local_
 has a GPU resource bound to /dev/null, so the scripts' ``--gpus=1`` jobs run, on the CPU.
 
 The jobs run in a copy of the kit, on the synthetic data the demos generate. They are all
-submitted at once and Slurm runs them in this order (dependencies), about 6 minutes on a
+submitted at once and Slurm runs them in this order (dependencies), 4-10 minutes on a
 2-core machine:
 
 1. the README's flower smoke command, next to 2. the README's pixmo smoke command;
 3. after 1: the flower smoke preset on two processes (``--gpus=2``: torchrun, gloo on CPU);
-4. after 3: the flower smoke preset with a 1-minute time limit, so the job gets the warning
-   signal, checkpoints, requeues itself and resumes until done; its predictions must equal
-   those of job 1, which was never interrupted.
+4. after 1: a longer flower run (the smoke preset for more epochs), uninterrupted;
+5. after 1: the same run with a 1-minute time limit, so the job gets the warning signal,
+   checkpoints, requeues itself and resumes until done; its predictions must equal job 4's.
 
 Next to them, small jobs with tests/slurm/fake_demo.py check that ``scancel`` is not undone
 by a requeue, and that a missing ``--output`` folder fails the job (why the README mkdirs).
@@ -20,6 +20,7 @@ by a requeue, and that a missing ``--output`` folder fails the job (why the READ
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
 from kit_files import copy_kit, readme_block_for  # noqa: E402
@@ -38,12 +40,16 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 FAKE_DEMO = Path(__file__).parent / "slurm" / "fake_demo.py"
 SMALL = ["--cpus-per-task=1", "--mem=1G"]  # fake-demo jobs fit next to the real ones
 TEST_FILES = {"flower": "test_flower.txt", "pixmo": "test_pixmo.txt"}
-N_TEST = {"flower": 1638, "pixmo": 48}  # synthetic test-set sizes of the smoke presets
-WAIT = 420  # seconds; generous for a busy 2-core CI machine
+SYNTHETIC = {"flower": "flower-dataset-reduced", "pixmo": "pixmo_data"}
+WAIT = 600  # seconds; generous for a busy 2-core CI machine
 # Job 4: a 1-minute limit with the warning 10 s before it (the script's own timer; Slurm's
 # comes from a periodic check, up to ~30 s earlier). The demo must be training by then: it
 # installs its signal handler only when training starts (about 5-15 s after the job starts).
 WARN = 10
+# flower_smoke alone takes ~25 s here, too short for a 1-minute limit: the requeue test runs
+# it for more epochs (a preset added to the test's copy of config.yml), twice.
+LONG_PRESET = "flower_smoke_long_test"
+LONG_EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,13 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    return copy_kit(tmp_path_factory.mktemp("kit"))
+    """A copy of the kit whose config.yml (the copy's) also has LONG_PRESET."""
+    kit = copy_kit(tmp_path_factory.mktemp("kit"))
+    config = yaml.safe_load((kit / "config.yml").read_text())
+    smoke = config["flower"]["flower_smoke"]
+    config["flower"][LONG_PRESET] = {**smoke, "epochs": LONG_EPOCHS}
+    (kit / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return kit
 
 
 def submit_readme(cluster: LocalSlurm, kit: Path, exp_name: str) -> str:
@@ -80,29 +92,32 @@ def submit_readme(cluster: LocalSlurm, kit: Path, exp_name: str) -> str:
 
 @pytest.fixture(scope="module")
 def jobs(cluster, kit):
-    """Submit the four jobs (see the module docstring); {name: (job id, run dir)}."""
+    """Submit the jobs (see the module docstring); {name: (job id, run dir)}."""
     flower = submit_readme(cluster, kit, "flower_smoke")
     pixmo = submit_readme(cluster, kit, "pixmo_smoke")
     submitted = {
         "flower": (flower, kit / "runs_flower" / "flower_smoke"),
         "pixmo": (pixmo, kit / "runs_pixmo" / "pixmo_smoke"),
     }
+    after_flower = f"--dependency=afterany:{flower}"  # its synthetic data exists by then
     extra = {
         # The same command with --gpus=2 (what the README says for several GPUs).
-        "two": (["--gpus=2", f"--dependency=afterany:{flower}"], ""),
+        "two": ("flower_smoke", ["--gpus=2", after_flower], ""),
+        # A run longer than 1 minute, uninterrupted and with a 1-minute limit.
+        "reference": (LONG_PRESET, [after_flower], ""),
         "requeue": (
-            ["--time=1", f"--signal=B:USR1@{WARN}", "--dependency=afterany:{two}"],
+            LONG_PRESET,
+            ["--time=1", f"--signal=B:USR1@{WARN}", after_flower],
             f",WARN_SECONDS={WARN}",
         ),
     }
-    for name, (options, more_env) in extra.items():
+    for name, (preset, options, more_env) in extra.items():
         run = kit / "runs_flower" / name
         run.mkdir(parents=True)
-        options = [o.format(two=submitted.get("two", ("",))[0]) for o in options]
         job = cluster.sbatch(
             [
                 *options,
-                f"--export=ALL,OUTPUT_DIR=runs_flower/{name},EXP_NAME=flower_smoke{more_env}",
+                f"--export=ALL,OUTPUT_DIR=runs_flower/{name},EXP_NAME={preset}{more_env}",
                 f"--output=runs_flower/{name}/%j.out",
                 f"--error=runs_flower/{name}/%j.err",
                 "flower.sbatch",
@@ -135,8 +150,16 @@ def check_run_dir(run: Path, job: str, demo: str) -> list[str]:
     log = (run / f"slurm-{job}.log").read_text()
     assert "SYNTHETIC" in log, "the synthetic-data banner must reach the job's log"
     preds = (run / TEST_FILES[demo]).read_text().split()
-    assert len(preds) == N_TEST[demo] and all(p.lstrip("-").isdigit() for p in preds)
+    assert len(preds) == n_test_images(run.parents[1], demo)
+    assert all(p.lstrip("-").isdigit() for p in preds)
     return preds
+
+
+def n_test_images(kit: Path, demo: str) -> int:
+    """Size of the synthetic test set the demo generated (flowers: (X, y); PixMo: a list)."""
+    with open(kit / "synthetic-data" / SYNTHETIC[demo] / "test_data.pkl", "rb") as f:
+        data = pickle.load(f)
+    return len(data[1]) if demo == "flower" else len(data)
 
 
 # ---------------------------------------------------------------- the scripts' own behaviour
@@ -236,5 +259,7 @@ def test_time_limit_checkpoint_requeue_resume(cluster, jobs):
     assert f"requeued job {job}" in out
     assert "--resume" in out, "the requeued job must resume from the checkpoint"
     preds = check_run_dir(run, job, "flower")
-    reference = (jobs["flower"][1] / "test_flower.txt").read_text().split()
+    ref_job, ref_run = jobs["reference"]
+    assert finished(cluster, ref_job, ref_run)["Restarts"] == "0"
+    reference = check_run_dir(ref_run, ref_job, "flower")
     assert preds == reference, "resumed run must predict exactly like the uninterrupted one"
