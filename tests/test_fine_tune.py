@@ -210,6 +210,9 @@ def test_flower_loader_reads_the_real_format_and_greyscale(tmp_path):
 def test_slurm_tasks_become_torch_ranks(monkeypatch):
     from training_utils import _env_from_slurm
 
+    # _env_from_slurm writes os.environ: give it a copy, or RANK=1/WORLD_SIZE=2 would leak
+    # into every later test's subprocesses (which would then wait for a second rank forever).
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SLURM_PROCID", "1")
