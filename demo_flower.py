@@ -36,9 +36,8 @@ from custom_dataset import (
     load_flower_splits,
 )
 from experiment_config import ConfigError, load_preset, to_dict
-from fine_tune import TrainConfig, Trainer, ViTLinear, ViTPrompt, inference, load_trainable_state
+from fine_tune import TrainConfig, Trainer, ViTLinear, ViTPrompt, fit_and_predict
 from training_utils import (
-    BEST_FILE,
     UserError,
     check_resume_config,
     cleanup_distributed,
@@ -248,15 +247,8 @@ def train(cfg: FlowerConfig) -> None:
             resume=FLAGS.resume,
             logger=log,
         )
-        result = trainer.fit()
+        _, preds = fit_and_predict(trainer, test_src, "test_flower.txt", cfg.precision)
         if ctx.is_main:
-            best = torch.load(out / BEST_FILE, map_location=ctx.device, weights_only=False)
-            load_trainable_state(model, best["model"])
-            preds = inference(model, test_src, out / "test_flower.txt", cfg.precision)
-            log.info(
-                f"best val acc {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
-                f"wrote {len(preds)} predictions to {out / 'test_flower.txt'}"
-            )
             if synthetic:
                 labels = test_src.labels.cpu()
                 acc = (torch.tensor(preds) == labels).double().mean().item()

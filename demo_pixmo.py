@@ -39,10 +39,9 @@ from custom_dataset import (
     normalize_pixmo,
 )
 from experiment_config import ConfigError, load_preset, to_dict
-from fine_tune import TrainConfig, Trainer, inference, load_trainable_state
+from fine_tune import TrainConfig, Trainer, fit_and_predict
 from model import WeightsError, build_pixmo_model, load_resnet34_weights
 from training_utils import (
-    BEST_FILE,
     UserError,
     check_resume_config,
     cleanup_distributed,
@@ -322,15 +321,8 @@ def train(cfg: PixmoConfig) -> None:
             resume=FLAGS.resume,
             logger=log,
         )
-        result = trainer.fit()
+        _, preds = fit_and_predict(trainer, test_src, "test_pixmo.txt", cfg.precision)
         if ctx.is_main:
-            best = torch.load(out / BEST_FILE, map_location=ctx.device, weights_only=False)
-            load_trainable_state(model, best["model"])
-            preds = inference(model, test_src, out / "test_pixmo.txt", cfg.precision)
-            log.info(
-                f"best val acc {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
-                f"wrote {len(preds)} predictions to {out / 'test_pixmo.txt'}"
-            )
             if synthetic:
                 acc = synthetic_test_accuracy(data_dir, preds)
                 if acc is not None:

@@ -592,3 +592,25 @@ def inference(
     preds = predict(model, test_source, precision)
     write_predictions(path, preds)
     return preds
+
+
+def fit_and_predict(trainer: Trainer, test_source, filename: str, precision: str = "auto"):
+    """Train, then predict the test set with the best model (by validation accuracy).
+
+    Writes ``<run_dir>/<filename>`` atomically on rank 0. Returns ``(fit result, predictions)``;
+    the predictions are None on the other ranks.
+    """
+    result = trainer.fit()
+    if not trainer.ctx.is_main:
+        return result, None
+    path = trainer.run_dir / filename
+    best = torch.load(
+        trainer.run_dir / BEST_FILE, map_location=trainer.ctx.device, weights_only=False
+    )
+    load_trainable_state(trainer.model, best["model"])
+    preds = inference(trainer.model, test_source, path, precision)
+    trainer.log.info(
+        f"best val acc {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
+        f"wrote {len(preds)} predictions to {path}"
+    )
+    return result, preds
