@@ -41,15 +41,17 @@ FAKE_DEMO = Path(__file__).parent / "slurm" / "fake_demo.py"
 SMALL = ["--cpus-per-task=1", "--mem=1G"]  # fake-demo jobs fit next to the real ones
 TEST_FILES = {"flower": "test_flower.txt", "pixmo": "test_pixmo.txt"}
 SYNTHETIC = {"flower": "flower-dataset-reduced", "pixmo": "pixmo_data"}
-WAIT = 600  # seconds; generous for a busy 2-core CI machine
+WAIT = 900  # seconds; generous for a busy 2-core CI machine
 # Job 4: a 1-minute limit with the warning 10 s before it (the script's own timer; Slurm's
 # comes from a periodic check, up to ~30 s earlier). The demo must be training by then: it
 # installs its signal handler only when training starts (about 5-15 s after the job starts).
 WARN = 10
-# flower_smoke alone takes ~25 s here, too short for a 1-minute limit: the requeue test runs
-# it for more epochs (a preset added to the test's copy of config.yml), twice.
+# flower_smoke alone takes 10-25 s here, too short for a 1-minute limit: the requeue test runs
+# it for more epochs (a preset added to the test's copy of config.yml), twice. 30 epochs were
+# enough under load but finished inside the limit on a quiet machine; an epoch takes 0.4-2 s,
+# so 200 epochs outlast the limit everywhere and still end within WAIT.
 LONG_PRESET = "flower_smoke_long_test"
-LONG_EPOCHS = 30
+LONG_EPOCHS = 200
 
 
 @pytest.fixture(scope="module")
