@@ -29,7 +29,8 @@ What the Trainer does: bf16 autocast on CUDA; optional ``torch.compile``; DDP wh
 ``torch.distributed`` is initialised (see ``training_utils.init_distributed``); count-based
 accuracy (correct / count summed over all processes); TensorBoard scalars ``lr``,
 ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``; tqdm bars on rank 0; ``best.pt``
-(best validation accuracy) and ``checkpoint.pt`` every epoch, both written atomically;
+(best validation accuracy) and ``checkpoint.pt`` every epoch (or every
+``checkpoint_every`` epochs), both written atomically;
 ``resume=True`` continues from ``checkpoint.pt`` exactly (model, optimizer, scheduler,
 epoch and step, RNG states of every process, batch-source seed); SIGTERM or SIGUSR1 ->
 finish the current step, write the checkpoint, raise ``training_utils.Preempted`` (the
@@ -49,8 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -70,6 +69,8 @@ from training_utils import (
     get_rng_state,
     set_rng_state,
     setup_logging,
+    stop_on_signals,
+    stop_requested,
     write_predictions,
 )
 from vision_transformer import ENCODER_SPECS, VisionTransformer, build_vit, vit_b_32
@@ -184,8 +185,16 @@ class ViTPrompt(_BackboneClassifier):
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The entries of ``model.state_dict()`` that train (prompts, head, ... or everything)."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    """The entries of ``model.state_dict()`` that change in training: the trainable
+    parameters (prompts, head, ... or everything) and the buffers of every module that owns
+    one (a trainable BatchNorm's running statistics). The frozen rest comes from the weights."""
+    names = set()
+    for prefix, module in model.named_modules():
+        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if own:
+            dot = f"{prefix}." if prefix else ""
+            names.update(dot + n for n in own)
+            names.update(dot + n for n, _ in module.named_buffers(recurse=False))
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
 
 
@@ -221,6 +230,7 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     seed: int = 0
     log_every: int = 20  # steps between progress-bar loss updates
+    checkpoint_every: int = 1  # epochs between checkpoint.pt writes (also the last, and on stop)
 
     @classmethod
     def from_config(cls, config: Any) -> TrainConfig:
@@ -368,19 +378,14 @@ class Trainer:
         self._stop = True
 
     def _should_stop(self, step: int) -> bool:
+        """True when this trainer or a signal (``training_utils.stop_on_signals``) asked to
+        stop; under DDP the ranks agree, every 10 steps, so that all stop at the same step."""
+        stop = self._stop or stop_requested()
         if not self.ctx.distributed:
-            return self._stop
-        if step % 10:  # agree every 10 steps: every rank must stop at the same step
+            return stop
+        if step % 10:
             return False
-        return _all_reduce([float(self._stop)], self.ctx)[0] > 0
-
-    def _install_signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            old[sig] = signal.signal(sig, lambda *_: self.request_stop())
-        return old
+        return _all_reduce([float(stop)], self.ctx)[0] > 0
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -511,53 +516,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.epoch)
-        old_handlers = self._install_signal_handlers()
         try:
-            for epoch in range(self.epoch, self.config.epochs):
-                lr = self.optimizer.param_groups[0]["lr"]
-                train_loss, train_acc = self._train_epoch(epoch, self.step_in_epoch)
-                self.step_in_epoch = 0
-                val_loss, val_acc = self.evaluate(self.val_source)
-                row = dict(
-                    epoch=epoch + 1,
-                    lr=lr,
-                    train_loss=train_loss,
-                    train_acc=train_acc,
-                    val_loss=val_loss,
-                    val_acc=val_acc,
-                )
-                self.history.append(row)
-                improved = val_acc > self.best_val_acc
-                if improved:
-                    self.best_val_acc, self.best_epoch = val_acc, epoch + 1
-                if writer is not None:
-                    for k in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
-                        writer.add_scalar(k, row[k], epoch + 1)
-                    writer.flush()
-                self.log.info(
-                    f"epoch {epoch + 1}/{self.config.epochs}  lr {lr:.2e}  train loss {train_loss:.4f} "
-                    f"acc {train_acc:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}"
-                    + ("  (best)" if improved else "")
-                )
-                if improved and self.ctx.is_main:
-                    atomic_torch_save(
-                        {
-                            "model": trainable_state_dict(self.model),
-                            "epoch": epoch + 1,
-                            "val_acc": val_acc,
-                            "config": self.full_config,
-                        },
-                        self.run_dir / BEST_FILE,
-                    )
-                self.save_checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0])
-                self.epoch = epoch + 1
-                if epoch + 1 < self.config.epochs and self._should_stop(0):
-                    raise Preempted(
-                        f"checkpoint written after epoch {epoch + 1}; rerun with --resume"
-                    )
+            with stop_on_signals():  # also when used without run_main (notebooks, tests)
+                self._fit_epochs(writer)
         finally:
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
             if writer is not None:
                 writer.close()
         return {
@@ -565,6 +527,51 @@ class Trainer:
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
         }
+
+    def _fit_epochs(self, writer) -> None:
+        for epoch in range(self.epoch, self.config.epochs):
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss, train_acc = self._train_epoch(epoch, self.step_in_epoch)
+            self.step_in_epoch = 0
+            val_loss, val_acc = self.evaluate(self.val_source)
+            row = dict(
+                epoch=epoch + 1,
+                lr=lr,
+                train_loss=train_loss,
+                train_acc=train_acc,
+                val_loss=val_loss,
+                val_acc=val_acc,
+            )
+            self.history.append(row)
+            improved = val_acc > self.best_val_acc
+            if improved:
+                self.best_val_acc, self.best_epoch = val_acc, epoch + 1
+            if writer is not None:
+                for k in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+                    writer.add_scalar(k, row[k], epoch + 1)
+                writer.flush()
+            self.log.info(
+                f"epoch {epoch + 1}/{self.config.epochs}  lr {lr:.2e}  train loss {train_loss:.4f} "
+                f"acc {train_acc:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}"
+                + ("  (best)" if improved else "")
+            )
+            if improved and self.ctx.is_main:
+                atomic_torch_save(
+                    {
+                        "model": trainable_state_dict(self.model),
+                        "epoch": epoch + 1,
+                        "val_acc": val_acc,
+                        "config": self.full_config,
+                    },
+                    self.run_dir / BEST_FILE,
+                )
+            last = epoch + 1 == self.config.epochs
+            stop = not last and self._should_stop(0)  # collective under DDP: every rank asks
+            if stop or last or (epoch + 1) % max(1, self.config.checkpoint_every) == 0:
+                self.save_checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0])
+            self.epoch = epoch + 1
+            if stop:
+                raise Preempted(f"checkpoint written after epoch {epoch + 1}; rerun with --resume")
 
 
 # ====================================================================== inference

@@ -9,15 +9,20 @@
 - Distributed setup (``init_distributed``): torchrun or Slurm environment variables,
   ``env://`` rendezvous, NCCL on the GPU and gloo on the CPU.
 - Random-number state capture/restore for exact resumption.
+- Stop requests (``stop_on_signals``, ``stop_requested``): SIGTERM or SIGUSR1 (Slurm's time
+  limit) sets a flag instead of killing the process; the Trainer checkpoints at its next step.
 - ``run_main``: the top-level wrapper that turns ``UserError`` into one line and exit 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -44,11 +49,50 @@ class Preempted(Exception):
     """Raised by the Trainer after it saved a checkpoint because of SIGTERM/SIGUSR1."""
 
 
-def run_main(main: Callable[[], Any]) -> None:
-    """Call ``main()``; a ``UserError`` becomes one line on stderr and exit status 1, and
-    ``Preempted`` exits with status 75 so the scheduler requeues the job."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_stop_event = threading.Event()
+
+
+def request_stop(*_signal_args) -> None:
+    """Ask training to write a checkpoint and stop at its next step (also a signal handler)."""
+    _stop_event.set()
+
+
+def stop_requested() -> bool:
+    return _stop_event.is_set()
+
+
+def clear_stop_request() -> None:
+    _stop_event.clear()
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While active, SIGTERM and SIGUSR1 call ``request_stop`` instead of killing the process.
+
+    ``run_main`` enters it before any slow start-up work, so a signal that arrives while the
+    data loads is not lost: the Trainer sees the request at its first step, writes
+    checkpoint.pt and the process exits with status 75 (resumable). Only the main thread
+    may install handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
     try:
-        main()
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Call ``main()`` with stop-on-signal handlers installed; a ``UserError`` becomes one
+    line on stderr and exit status 1, and ``Preempted`` exits with status 75 so the
+    scheduler requeues the job."""
+    try:
+        with stop_on_signals():
+            main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

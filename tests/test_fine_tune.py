@@ -2,6 +2,7 @@
 
 import math
 import os
+import signal
 
 import pytest
 import torch
@@ -19,7 +20,11 @@ from training_utils import (
     CHECKPOINT_FILE,
     Preempted,
     UserError,
+    clear_stop_request,
     prepare_run_dir,
+    request_stop,
+    stop_on_signals,
+    stop_requested,
     write_predictions,
 )
 
@@ -126,10 +131,17 @@ def test_cosine_schedule_with_warmup():
 # ---------------------------------------------------------------- trainer
 
 
-def tiny_run(run_dir, stop_at_step=None, resume=False, epochs=3):
+def tiny_run(run_dir, stop_at_step=None, resume=False, epochs=3, checkpoint_every=1):
     torch.manual_seed(0)
     model = ViTPrompt(5, "vit_tiny_test", num_prompts=2, prompt_dropout=0.2, weights=None)
-    config = TrainConfig(epochs=epochs, lr=0.05, momentum=0.9, milestones=[2], log_every=2)
+    config = TrainConfig(
+        epochs=epochs,
+        lr=0.05,
+        momentum=0.9,
+        milestones=[2],
+        log_every=2,
+        checkpoint_every=checkpoint_every,
+    )
 
     def stop(trainer, epoch, step):
         if trainer.global_step == stop_at_step:
@@ -158,6 +170,36 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, stop_at_step):
     torch.testing.assert_close(model_b.prompts, model_a.prompts, rtol=0, atol=0)
     assert (tmp_path / "b" / "best.pt").is_file()
     assert list((tmp_path / "b" / "tensorboard").iterdir())
+
+
+def test_a_signal_before_training_starts_still_checkpoints_and_resumes(tmp_path):
+    """SIGTERM while the data loads (before fit) must not be lost: run_main's handler records
+    it, the first step ends with checkpoint.pt and Preempted (exit 75), and --resume works."""
+    expected, _ = tiny_run(tmp_path / "a")
+    try:
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered now, to the handler
+            assert stop_requested(), "SIGTERM did not reach the stop handler"
+            with pytest.raises(Preempted, match="step 1"):
+                tiny_run(tmp_path / "b")
+    finally:
+        clear_stop_request()
+    assert signal.getsignal(signal.SIGTERM) is not request_stop  # handlers restored
+    resumed, _ = tiny_run(tmp_path / "b", resume=True)
+    assert resumed["history"] == expected["history"]
+
+
+def test_checkpoint_every_n_epochs_writes_the_last_epoch_too(tmp_path, monkeypatch):
+    epochs_written = []
+    real_save = Trainer.save_checkpoint
+
+    def spy(self, epoch, step_in_epoch, partial):
+        epochs_written.append(epoch)
+        real_save(self, epoch, step_in_epoch, partial)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", spy)
+    tiny_run(tmp_path / "run", epochs=5, checkpoint_every=2)
+    assert epochs_written == [2, 4, 5], f"checkpoints after epochs {epochs_written}"
 
 
 def test_accuracy_counts_every_sample(tmp_path):

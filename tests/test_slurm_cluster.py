@@ -43,8 +43,9 @@ TEST_FILES = {"flower": "test_flower.txt", "pixmo": "test_pixmo.txt"}
 SYNTHETIC = {"flower": "flower-dataset-reduced", "pixmo": "pixmo_data"}
 WAIT = 900  # seconds; generous for a busy 2-core CI machine
 # Job 4: a 1-minute limit with the warning 10 s before it (the script's own timer; Slurm's
-# comes from a periodic check, up to ~30 s earlier). The demo must be training by then: it
-# installs its signal handler only when training starts (about 5-15 s after the job starts).
+# comes from a periodic check, up to ~30 s earlier). The demo must have imported torch by
+# then (its handler is installed when main() starts; a signal during start-up is kept and
+# acted on at the first training step).
 WARN = 10
 # flower_smoke alone takes 10-25 s here, too short for a 1-minute limit: the requeue test runs
 # it for more epochs (a preset added to the test's copy of config.yml), twice. 30 epochs were
