@@ -18,16 +18,16 @@ writing checkpoint.pt (rerun with --resume; the sbatch scripts requeue on 75).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from absl import app, flags
 
+import demo_cli
+import synthetic_flowers
 from custom_dataset import (
     FLOWER_CLASSES,
     FLOWER_SPLITS,
@@ -35,22 +35,19 @@ from custom_dataset import (
     flower_split_path,
     load_flower_splits,
 )
-from experiment_config import ConfigError, load_preset, to_dict
+from experiment_config import to_dict
 from fine_tune import TrainConfig, Trainer, ViTLinear, ViTPrompt, fit_and_predict
 from training_utils import (
     UserError,
-    check_resume_config,
     cleanup_distributed,
     init_distributed,
     prepare_run_dir,
-    run_main,
     seed_everything,
-    setup_logging,
-    write_config,
 )
 
 DEFAULT_DATA_DIR = "flower-dataset-reduced"
 SYNTHETIC_DATA_DIR = "synthetic-data/flower-dataset-reduced"
+FLAGS = flags.FLAGS  # declared by demo_cli.define_flags when run as a script
 
 
 @dataclass
@@ -90,66 +87,20 @@ class FlowerConfig:
     channels_last: bool = True  # on CUDA only
     seed: int = 0
     log_every: int = 20
+    checkpoint_every: int = 1  # epochs between checkpoint.pt writes (a stop always writes one)
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    """Declared only when run as a script, so that importing this module (benchmarks import
-    FlowerConfig) never clashes with another demo's flags of the same names."""
-    flags.DEFINE_string("exp_name", "flower_smoke", "Preset name in config.yml (section 'flower').")
-    flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<exp_name>).")
-    flags.DEFINE_string("data_dir", None, f"Flower data folder (default: {DEFAULT_DATA_DIR}).")
-    flags.DEFINE_string(
-        "weights", None, "ViT-B/32 ImageNet weights (.pth); default: torchvision's cache."
-    )
-    flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
-    flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
-
-
-def resolve_config() -> FlowerConfig:
-    try:
-        cfg = load_preset("flower", FLAGS.exp_name, FlowerConfig, FLAGS.config)
-    except ConfigError as err:
-        raise UserError(str(err)) from None
-    if FLAGS.data_dir is not None:
-        cfg = dataclasses.replace(cfg, data_dir=FLAGS.data_dir)
-    if FLAGS.weights is not None:
-        if not Path(FLAGS.weights).is_file():
-            raise UserError(
-                f"--weights {FLAGS.weights} does not exist; give a .pth file or drop the flag"
-            )
-        cfg = dataclasses.replace(cfg, weights=FLAGS.weights)
-    return cfg
-
-
-def resolve_data_dir(cfg: FlowerConfig, ctx) -> tuple[str, bool]:
+def flower_data_dir(cfg: FlowerConfig, ctx) -> tuple[Path, bool]:
     """The data folder to read, and whether it is synthetic (generated here if needed)."""
-    data_dir = Path(cfg.data_dir)
-    if data_dir.exists():
-        if not data_dir.is_dir():
-            raise UserError(
-                f"--data_dir {data_dir} is a file; give the folder holding train/val/test_data.pkl"
-            )
-        return str(data_dir), False
-    if data_dir != Path(DEFAULT_DATA_DIR):
-        raise UserError(
-            f"--data_dir {data_dir} does not exist; check the path (or omit it for synthetic data)"
-        )
-    import synthetic_flowers
-
-    print(synthetic_flowers.BANNER, flush=True)
-    synth = Path(SYNTHETIC_DATA_DIR)
-    complete = all(flower_split_path(synth, s).is_file() for s in FLOWER_SPLITS)
-    if not complete and ctx.is_main:
-        print(
-            f"generating synthetic flowers into {synth} (once; later runs reuse them)", flush=True
-        )
-        synthetic_flowers.generate(synth, seed=0)
-    if ctx.distributed:
-        dist.barrier()
-    return str(synth), True
+    return demo_cli.resolve_data_dir(
+        cfg.data_dir,
+        DEFAULT_DATA_DIR,
+        SYNTHETIC_DATA_DIR,
+        ctx,
+        synthetic_flowers.BANNER,
+        is_ready=lambda d: all(flower_split_path(d, s).is_file() for s in FLOWER_SPLITS),
+        generate=lambda d: synthetic_flowers.generate(d, seed=0),
+    )
 
 
 def build_model(cfg: FlowerConfig, log) -> torch.nn.Module:
@@ -181,33 +132,17 @@ def train(cfg: FlowerConfig) -> None:
     start = time.time()
     ctx = init_distributed(cfg.device)
     try:
-        out = Path(FLAGS.output_dir or f"runs/{FLAGS.exp_name}")
+        out = demo_cli.output_dir()
         prepare_run_dir(out, FLAGS.resume, create=False)  # check before any slow work
-        data_dir, synthetic = resolve_data_dir(cfg, ctx)
-        cfg = dataclasses.replace(cfg, data_dir=data_dir)
+        data_dir, synthetic = flower_data_dir(cfg, ctx)
+        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
         splits = load_flower_splits(data_dir)  # every bad-input check happens here
         resolved = dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
-        if FLAGS.resume:
-            check_resume_config(out, resolved)
         seed_everything(cfg.seed)  # same initial prompts/head on every process
         notes = []  # messages from model building, logged once train.log exists
         model = build_model(cfg, notes.append).to(ctx.device)  # before anything is written
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # but different dropout on each process
-        if ctx.is_main:
-            prepare_run_dir(out, FLAGS.resume)
-            if not FLAGS.resume:
-                write_config(out, resolved)
-        if ctx.distributed:
-            dist.barrier()
-        log = setup_logging(out, ctx.is_main)
-        if synthetic:
-            import synthetic_flowers
-
-            log.warning(synthetic_flowers.BANNER)
-        log.info(
-            f"run {out}: preset {FLAGS.exp_name}, {ctx.world_size} process(es) on {ctx.device}"
-        )
-
+        log = demo_cli.open_run(out, resolved, ctx, synthetic_flowers.BANNER if synthetic else None)
         for note in notes:
             log.warning(note)
         channels_last = cfg.channels_last and ctx.device.type == "cuda"
@@ -258,13 +193,6 @@ def train(cfg: FlowerConfig) -> None:
         cleanup_distributed()
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {' '.join(argv[1:])}; see --help", file=sys.stderr)
-        sys.exit(1)
-    run_main(lambda: train(resolve_config()))
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    demo_cli.define_flags("flower", "flower_smoke", DEFAULT_DATA_DIR, "ViT-B/32")
+    app.run(demo_cli.make_main("flower", FlowerConfig, train))

@@ -19,16 +19,15 @@ class per line in test-set order). Exit status: 0 done, 1 bad input (one-line me
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from absl import app, flags
 
+import demo_cli
 import synthetic_pixmo
 from custom_dataset import (
     PIXMO_NUM_CLASSES,
@@ -38,23 +37,20 @@ from custom_dataset import (
     load_pixmo_split,
     normalize_pixmo,
 )
-from experiment_config import ConfigError, load_preset, to_dict
+from experiment_config import to_dict
 from fine_tune import TrainConfig, Trainer, fit_and_predict
 from model import WeightsError, build_pixmo_model, load_resnet34_weights
 from training_utils import (
     UserError,
-    check_resume_config,
     cleanup_distributed,
     init_distributed,
     prepare_run_dir,
-    run_main,
     seed_everything,
-    setup_logging,
-    write_config,
 )
 
 DEFAULT_DATA_DIR = "pixmo_data"
 SYNTHETIC_DATA_DIR = "synthetic-data/pixmo_data"
+FLAGS = flags.FLAGS  # declared by demo_cli.define_flags when run as a script
 
 
 @dataclass
@@ -73,6 +69,7 @@ class PixmoConfig:
     crop_stream: bool = True  # point model only
     crop_frac: float = 0.3
     crop_size: int = 112
+    local_size: int = 0  # point model only: LocalCNN crop side in pixels (0 = no LocalCNN)
     weights: str = ""  # ResNet-34 state dict; "" = torchvision's cache, then a download
     download_weights: bool = True
     bn_calibration_images: int = 256  # random trunk only: BatchNorm statistics from these
@@ -109,57 +106,24 @@ class PixmoConfig:
     channels_last: bool = True  # on CUDA only
     seed: int = 0
     log_every: int = 20
+    checkpoint_every: int = 1  # epochs between checkpoint.pt writes (a stop always writes one)
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("exp_name", "pixmo_smoke", "Preset name in config.yml (section 'pixmo').")
-flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<exp_name>).")
-flags.DEFINE_string("data_dir", None, f"PixMo data folder (default: {DEFAULT_DATA_DIR}).")
-flags.DEFINE_string("weights", None, "ResNet-34 ImageNet weights (.pth); default: torch cache.")
-flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
-flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
-
-
-def resolve_config() -> PixmoConfig:
-    try:
-        cfg = load_preset("pixmo", FLAGS.exp_name, PixmoConfig, FLAGS.config)
-    except ConfigError as err:
-        raise UserError(str(err)) from None
-    if FLAGS.data_dir is not None:
-        cfg = dataclasses.replace(cfg, data_dir=FLAGS.data_dir)
-    if FLAGS.weights is not None:
-        if not Path(FLAGS.weights).is_file():
-            raise UserError(f"--weights {FLAGS.weights} does not exist; give a .pth file")
-        cfg = dataclasses.replace(cfg, weights=FLAGS.weights)
+def pixmo_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
+    """The data folder to read, and whether it is synthetic (generated here if needed)."""
     if len(cfg.synthetic_sizes) != 3:
         raise UserError("synthetic_sizes must list 3 numbers (train, val, test) in config.yml")
-    return cfg
-
-
-def resolve_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
-    """The data folder to read, and whether it is synthetic (generated here if needed)."""
-    data_dir = Path(cfg.data_dir)
-    if data_dir.exists():
-        if not data_dir.is_dir():
-            raise UserError(f"--data_dir {data_dir} is a file; give the folder of *_data.pkl")
-        return data_dir, False
-    if data_dir != Path(DEFAULT_DATA_DIR):
-        raise UserError(
-            f"--data_dir {data_dir} does not exist; check the path (or omit it for synthetic data)"
-        )
-    print(synthetic_pixmo.BANNER, flush=True)
-    synth = Path(SYNTHETIC_DATA_DIR)
-    wanted = synthetic_pixmo.generation_info(
-        cfg.synthetic_sizes, cfg.synthetic_min_side, cfg.synthetic_max_side, seed=0
+    sizes, sides = cfg.synthetic_sizes, (cfg.synthetic_min_side, cfg.synthetic_max_side)
+    wanted = synthetic_pixmo.generation_info(sizes, *sides, seed=0)
+    return demo_cli.resolve_data_dir(
+        cfg.data_dir,
+        DEFAULT_DATA_DIR,
+        SYNTHETIC_DATA_DIR,
+        ctx,
+        synthetic_pixmo.BANNER,
+        is_ready=lambda d: synthetic_pixmo.read_info(d) == wanted,
+        generate=lambda d: synthetic_pixmo.generate(d, sizes, *sides, seed=0),
     )
-    if synthetic_pixmo.read_info(synth) != wanted and ctx.is_main:
-        print(f"generating synthetic PixMo into {synth} ({wanted['sizes']} examples)", flush=True)
-        synthetic_pixmo.generate(
-            synth, cfg.synthetic_sizes, cfg.synthetic_min_side, cfg.synthetic_max_side, seed=0
-        )
-    if ctx.distributed:
-        dist.barrier()
-    return synth, True
 
 
 def load_splits(data_dir: Path, cfg: PixmoConfig, device) -> dict[str, PixmoPointsDataset]:
@@ -192,6 +156,7 @@ def build_model(cfg: PixmoConfig, log) -> tuple[torch.nn.Module, bool]:
             crop_stream=cfg.crop_stream,
             crop_frac=cfg.crop_frac,
             crop_size=cfg.crop_size,
+            local_size=cfg.local_size,
         )
     model = build_pixmo_model(cfg.model, PIXMO_NUM_CLASSES, **common)
     try:
@@ -255,9 +220,9 @@ def train(cfg: PixmoConfig) -> None:
     start = time.time()
     ctx = init_distributed(cfg.device)
     try:
-        out = Path(FLAGS.output_dir or f"runs/{FLAGS.exp_name}")
+        out = demo_cli.output_dir()
         prepare_run_dir(out, FLAGS.resume, create=False)  # check before any slow work
-        data_dir, synthetic = resolve_data_dir(cfg, ctx)
+        data_dir, synthetic = pixmo_data_dir(cfg, ctx)
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
         t0 = time.time()
         try:
@@ -271,20 +236,7 @@ def train(cfg: PixmoConfig) -> None:
         model_messages = []
         model, pretrained = build_model(cfg, model_messages.append)
         resolved = dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
-        if FLAGS.resume:
-            check_resume_config(out, resolved)
-        if ctx.is_main:
-            prepare_run_dir(out, FLAGS.resume)
-            if not FLAGS.resume:
-                write_config(out, resolved)
-        if ctx.distributed:
-            dist.barrier()
-        log = setup_logging(out, ctx.is_main)
-        if synthetic:
-            log.warning(synthetic_pixmo.BANNER)
-        log.info(
-            f"run {out}: preset {FLAGS.exp_name}, {ctx.world_size} process(es) on {ctx.device}"
-        )
+        log = demo_cli.open_run(out, resolved, ctx, synthetic_pixmo.BANNER if synthetic else None)
         sizes = ", ".join(f"{len(d)} {s}" for s, d in splits.items())
         log.info(
             f"data {data_dir}: {sizes}; padded to squares of {cfg.image_size} px once "
@@ -334,12 +286,6 @@ def train(cfg: PixmoConfig) -> None:
         cleanup_distributed()
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {' '.join(argv[1:])}; see --help", file=sys.stderr)
-        sys.exit(1)
-    run_main(lambda: train(resolve_config()))
-
-
 if __name__ == "__main__":
-    app.run(main)
+    demo_cli.define_flags("pixmo", "pixmo_smoke", DEFAULT_DATA_DIR, "ResNet-34")
+    app.run(demo_cli.make_main("pixmo", PixmoConfig, train))

@@ -1,0 +1,139 @@
+"""The command line and run start-up shared by demo_flower.py and demo_pixmo.py.
+
+Both demos take the same flags (``--exp_name --output_dir --data_dir --weights --resume
+--config``), read a preset from their section of config.yml, fall back to generated
+synthetic data only when the DEFAULT data folder is missing, and open a run directory by
+the same rules (an existing run needs ``--resume``; nothing is written before every input
+has been checked). What differs between the demos (data, model) stays in the demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch.distributed as dist
+from absl import flags
+
+from experiment_config import ConfigError, load_preset
+from training_utils import (
+    DistContext,
+    UserError,
+    check_resume_config,
+    prepare_run_dir,
+    run_main,
+    setup_logging,
+    write_config,
+)
+
+FLAGS = flags.FLAGS
+C = TypeVar("C")
+
+
+def define_flags(section: str, default_preset: str, data_default: str, weights_what: str) -> None:
+    """Declare the demo flags. Call it only when running as a script, so that importing a
+    demo (benchmarks import its config class) never clashes with the other demo's flags."""
+    flags.DEFINE_string(
+        "exp_name", default_preset, f"Preset name in config.yml (section '{section}')."
+    )
+    flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<exp_name>).")
+    flags.DEFINE_string("data_dir", None, f"Data folder (default: {data_default}).")
+    flags.DEFINE_string(
+        "weights", None, f"{weights_what} ImageNet weights (.pth); default: torchvision's cache."
+    )
+    flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
+    flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
+
+
+def resolve_config(section: str, config_cls: type[C]) -> C:
+    """The preset named by --exp_name, with --data_dir and --weights applied."""
+    try:
+        cfg = load_preset(section, FLAGS.exp_name, config_cls, FLAGS.config)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    if FLAGS.data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=FLAGS.data_dir)
+    if FLAGS.weights is not None:
+        if not Path(FLAGS.weights).is_file():
+            raise UserError(
+                f"--weights {FLAGS.weights} does not exist; give a .pth file or drop the flag"
+            )
+        cfg = dataclasses.replace(cfg, weights=FLAGS.weights)
+    return cfg
+
+
+def output_dir() -> Path:
+    return Path(FLAGS.output_dir or f"runs/{FLAGS.exp_name}")
+
+
+def resolve_data_dir(
+    data_dir: str,
+    default_dir: str,
+    synthetic_dir: str,
+    ctx: DistContext,
+    banner: str,
+    is_ready: Callable[[Path], bool],
+    generate: Callable[[Path], None],
+) -> tuple[Path, bool]:
+    """The data folder to read, and whether it is synthetic.
+
+    A folder that exists is used as it is. A missing folder is an error, except the default
+    one: then synthetic data is generated into ``synthetic_dir`` (never into the real
+    data's place) unless ``is_ready(synthetic_dir)``, by rank 0 while the others wait.
+    """
+    path = Path(data_dir)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(
+                f"--data_dir {path} is a file; give the folder holding train/val/test_data.pkl"
+            )
+        return path, False
+    if path != Path(default_dir):
+        raise UserError(
+            f"--data_dir {path} does not exist; check the path (or omit it for synthetic data)"
+        )
+    print(banner, flush=True)
+    synth = Path(synthetic_dir)
+    if ctx.is_main and not is_ready(synth):
+        print(f"generating synthetic data into {synth} (once; later runs reuse it)", flush=True)
+        generate(synth)
+    if ctx.distributed:
+        dist.barrier()
+    return synth, True
+
+
+def open_run(out: Path, resolved: dict, ctx: DistContext, synthetic_banner: str | None):
+    """Create (or, with --resume, reopen) the run directory and return its logger.
+
+    Call it after every input has been checked and the model built, so that bad input
+    leaves nothing behind. Saves the resolved settings as config.yaml on a new run; on
+    --resume they must equal the saved ones.
+    """
+    if FLAGS.resume:
+        check_resume_config(out, resolved)
+    if ctx.is_main:
+        prepare_run_dir(out, FLAGS.resume)
+        if not FLAGS.resume:
+            write_config(out, resolved)
+    if ctx.distributed:
+        dist.barrier()
+    log = setup_logging(out, ctx.is_main)
+    if synthetic_banner:
+        log.warning(synthetic_banner)
+    log.info(f"run {out}: preset {FLAGS.exp_name}, {ctx.world_size} process(es) on {ctx.device}")
+    return log
+
+
+def make_main(section: str, config_cls: type, train: Callable) -> Callable[[list[str]], None]:
+    """absl's ``main(argv)``: reject stray arguments, then ``train(config)`` under run_main
+    (one-line errors, exit 75 when preempted)."""
+
+    def main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            print(f"error: unexpected arguments {' '.join(argv[1:])}; see --help", file=sys.stderr)
+            sys.exit(1)
+        run_main(lambda: train(resolve_config(section, config_cls)))
+
+    return main
