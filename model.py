@@ -5,11 +5,12 @@ Two models share one ResNet-34 trunk (ImageNet weights when available):
 - ``PixMoModel`` is the assignment's starting point: ResNet-34 features pooled to p x p
   tokens of 512, a 2-layer 2-head transformer encoder, the mean token through an MLP head.
   It never looks at the point, so it can only guess which object is meant.
-- ``PointPixMoModel`` uses the point three ways: it samples the feature maps AT the point
+- ``PointPixMoModel`` uses the point four ways: it samples the feature maps AT the point
   (a "point token"), runs a crop centred on the point through the same trunk (a "crop
-  token"), and adds to every grid token a Fourier embedding of its offset from the point,
-  so attention knows where each token lies relative to the point. The class is read from
-  the point token after the encoder.
+  token"), runs a small CNN of its own on a crop around the point (trained from scratch, so
+  it learns even when the trunk has no ImageNet weights), and adds to every grid token a
+  Fourier embedding of its offset from the point, so attention knows where each token lies
+  relative to the point. The class is read from the point token after the encoder.
 
 Both take ``(images (B, 3, S, S) normalised, points (B, 2) in pixels of the S x S image)``
 and return logits ``(B, num_classes)``.
@@ -326,13 +327,48 @@ def crop_around(images: torch.Tensor, unit_points: torch.Tensor, frac: float, si
     return F.grid_sample(images, grid, mode="bilinear", align_corners=False)
 
 
+class LocalCNN(nn.Module):
+    """A small CNN, trained from scratch, for the crop centred on the point: (B, 3, q, q) ->
+    (B, dim).
+
+    Four stages, each a stride-2 and a stride-1 3x3 convolution with BatchNorm and ReLU
+    (32, 64, 128, 256 channels), so the map is q/16 a side. The output is the average of
+    the map's central 2 x 2 cells, the part of the crop under the point, projected to
+    ``dim``. Unlike the trunk's BatchNorms, these train normally (batch statistics).
+    """
+
+    def __init__(self, dim: int = 512, widths: tuple[int, ...] = (32, 64, 128, 256)):
+        super().__init__()
+        layers, width_in = [], 3
+        for width in widths:
+            layers += [
+                nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            width_in = width
+        self.features = nn.Sequential(*layers)
+        self.proj = nn.Linear(width_in, dim)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        maps = self.features(crops)  # (B, 256, q/16, q/16)
+        h, w = maps.shape[-2:]
+        top, left = max(h // 2 - 1, 0), max(w // 2 - 1, 0)
+        centre = maps[:, :, top : top + 2, left : left + 2].mean(dim=(2, 3))  # (B, 256)
+        return self.proj(centre)  # (B, dim)
+
+
 class PointPixMoModel(nn.Module):
     """A point-aware PixMo classifier (see the module docstring).
 
     Tokens fed to the encoder, all of width 512:
       [point token, crop token (optional), p*p grid tokens]
     - point token: layer4 and (projected) layer3 features bilinearly sampled at the point,
-      plus a Fourier embedding of the point's position.
+      plus a Fourier embedding of the point's position, plus (optional) the ``LocalCNN``
+      features of a ``crop_frac`` x S crop around the point resized to ``local_size``.
     - crop token: the trunk run on a ``crop_frac`` x S crop centred on the point, resized to
       ``crop_size`` pixels (sees the object at a higher resolution), average pooled.
     - grid tokens: pooled layer4 features plus a Fourier embedding of each token centre's
@@ -346,6 +382,7 @@ class PointPixMoModel(nn.Module):
         crop_stream: add the crop token.
         crop_frac: crop side as a fraction of the image side.
         crop_size: side in pixels the crop is resized to before the trunk.
+        local_size: side in pixels of the LocalCNN's crop; 0 = no LocalCNN.
     """
 
     def __init__(
@@ -361,15 +398,17 @@ class PointPixMoModel(nn.Module):
         crop_stream: bool = True,
         crop_frac: float = 0.3,
         crop_size: int = 112,
+        local_size: int = 0,
     ):
         super().__init__()
         dim = 512
         self.tokens_side, self.crop_stream = tokens_side, crop_stream
-        self.crop_frac, self.crop_size = crop_frac, crop_size
+        self.crop_frac, self.crop_size, self.local_size = crop_frac, crop_size, local_size
         self.backbone = ResNet34Trunk(trainable_from)
         self.mid_proj = nn.Linear(256, dim)  # layer3 features at the point -> token width
         self.point_embed = FourierEmbedding(dim, fourier_bands)
         self.offset_embed = FourierEmbedding(dim, fourier_bands)
+        self.local_cnn = LocalCNN(dim) if local_size else None
         self.type_embed = nn.Parameter(torch.zeros(3, dim))  # point / crop / grid token types
         nn.init.trunc_normal_(self.type_embed, std=0.02)
         self.encoder = transformer_encoder(dim, num_layers, num_heads, dropout)
@@ -387,6 +426,9 @@ class PointPixMoModel(nn.Module):
             + self.point_embed(unit)
             + self.type_embed[0]
         )  # (B, 512)
+        if self.local_cnn is not None:
+            local = crop_around(images, unit, self.crop_frac, self.local_size)  # (B, 3, q, q)
+            point_token = point_token + self.local_cnn(local).float()  # (B, 512)
         tokens = [point_token[:, None]]  # list of (B, n, 512)
 
         if self.crop_stream:

@@ -54,9 +54,10 @@ def test_baseline_encoder_changes_the_output():
     assert not torch.allclose(before, after)
 
 
-def test_point_model_prediction_depends_on_the_point():
+@pytest.mark.parametrize("local_size", [0, 32])
+def test_point_model_prediction_depends_on_the_point(local_size):
     torch.manual_seed(0)
-    net = PointPixMoModel(num_classes=20, crop_size=32).eval()
+    net = PointPixMoModel(num_classes=20, crop_size=32, local_size=local_size).eval()
     images, points = batch(count=4)
     with torch.no_grad():
         here = net(images, points)
@@ -66,24 +67,63 @@ def test_point_model_prediction_depends_on_the_point():
     assert (here - there).abs().max() > 1e-3  # another point, another prediction
 
 
-@pytest.mark.parametrize("crop_stream", [True, False])
-def test_point_model_trains_its_point_parts(crop_stream):
+@pytest.mark.parametrize("crop_stream,local_size", [(True, 32), (False, 0)])
+def test_point_model_trains_its_point_parts(crop_stream, local_size):
     torch.manual_seed(0)
-    net = PointPixMoModel(num_classes=20, crop_stream=crop_stream, crop_size=32)
+    net = PointPixMoModel(
+        num_classes=20, crop_stream=crop_stream, crop_size=32, local_size=local_size
+    )
     images, points = batch()
     net(images, points).logsumexp(dim=1).sum().backward()
-    for part in (net.point_embed, net.offset_embed, net.mid_proj, net.encoder):
+    parts = [net.point_embed, net.offset_embed, net.mid_proj, net.encoder]
+    if local_size:
+        parts.append(net.local_cnn)
+    for part in parts:
         for name, param in part.named_parameters():
             assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert net.backbone.layer4[0].conv1.weight.grad is not None
     assert net.backbone.layer3[0].conv1.weight.grad is None  # frozen, as in the assignment
 
 
+@pytest.mark.parametrize("side", [16, 32, 64])
+def test_local_cnn_maps_a_crop_to_one_token(side):
+    torch.manual_seed(0)
+    cnn = pixmo_model.LocalCNN(dim=8).eval()
+    crops = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        out = cnn(crops)
+        assert out.shape == (2, 8), f"expected (2, 8), got {tuple(out.shape)}"
+        centre = crops.clone()
+        centre[:, :, side // 2 - 2 : side // 2 + 2, side // 2 - 2 : side // 2 + 2] += 5.0
+        assert (cnn(centre) - out).abs().max() > 0  # it sees what lies under the point
+
+
+def test_checkpoint_state_keeps_trainable_batch_norm_statistics():
+    """The LocalCNN's BatchNorms train, so their running statistics must be saved with the
+    trainable parameters (else best.pt and --resume would use other statistics)."""
+    from fine_tune import load_trainable_state, trainable_state_dict
+
+    torch.manual_seed(0)
+    net = PointPixMoModel(num_classes=20, crop_size=32, local_size=32)
+    net.train()(*batch(count=4))  # updates the LocalCNN's running statistics
+    state = trainable_state_dict(net)
+    key = "local_cnn.features.1.running_mean"
+    assert key in state and state[key].abs().sum() > 0
+    assert not any(k.startswith("backbone.layer1.") for k in state)  # frozen stage: not saved
+    torch.manual_seed(1)
+    other = PointPixMoModel(num_classes=20, crop_size=32, local_size=32)
+    load_trainable_state(other, state)
+    torch.testing.assert_close(other.state_dict()[key], state[key], rtol=0, atol=0)
+
+
 def test_gpu_settings_run_on_cpu():
     """The CUDA path (channels_last + bf16 autocast) in a tiny CPU run: it executes."""
     torch.manual_seed(0)
     for kind in ("baseline", "point"):
-        net = build_pixmo_model(kind, crop_size=16) if kind == "point" else build_pixmo_model(kind)
+        if kind == "point":
+            net = build_pixmo_model(kind, crop_size=16, local_size=16)
+        else:
+            net = build_pixmo_model(kind)
         net = net.to(memory_format=torch.channels_last)
         images, points = batch(count=2, size=32)  # bf16 convolutions are slow on a CPU
         images = images.contiguous(memory_format=torch.channels_last)
