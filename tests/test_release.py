@@ -78,6 +78,18 @@ def test_instructor_readme_section_is_removed(release):
         assert "<!-- BEGIN instructor -->" not in text
 
 
+def test_student_readme_names_no_folder_students_do_not_get(release):
+    """Every command in the student README must work in the student's tree."""
+    text = (release / "README.md").read_text()
+    excluded = [e for e in ASSIGNMENT.release_exclude if (ROOT / e).is_dir() and e != "test_data"]
+    for folder in excluded:
+        lines = [line for line in text.splitlines() if f"{folder}/" in line]
+        assert not lines, (
+            f"the student README mentions {folder}/, which is not shipped: {lines[:3]}; "
+            "wrap it in <!-- BEGIN instructor-only --> ... <!-- END instructor-only -->"
+        )
+
+
 def test_instructor_only_blocks_are_removed_from_any_readme_section():
     readme = (
         "<!-- BEGIN flower -->\nTrain it.\n<!-- BEGIN instructor-only -->\n"
