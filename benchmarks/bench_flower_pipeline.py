@@ -42,15 +42,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_vit_step import TorchvisionVPT  # noqa: E402
-from pipeline_timing import add_arguments, report, run_original_loop  # noqa: E402
+from pipeline_timing import add_arguments, fit_ours, report, run_original_loop  # noqa: E402
 
 import synthetic_flowers  # noqa: E402
 from custom_dataset import FlowerPILDataset, flower_batch_sources, load_flower_splits  # noqa: E402
 from demo_flower import FlowerConfig  # noqa: E402
 from experiment_config import load_preset  # noqa: E402
-from fine_tune import TrainConfig, Trainer, ViTPrompt  # noqa: E402
+from fine_tune import TrainConfig, ViTPrompt  # noqa: E402
 from gpu_transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from training_utils import DistContext, setup_logging  # noqa: E402
 from vision_transformer import ENCODER_SPECS  # noqa: E402
 
 
@@ -88,19 +87,10 @@ def run_ours(splits, cfg: FlowerConfig, device, compile_model: bool, compile_mod
         channels_last=channels_last, log=lambda _: None,
     )  # fmt: skip
     prep = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as run_dir:
-        tcfg = dataclasses.replace(
-            TrainConfig.from_config(cfg), compile=compile_model, compile_mode=compile_mode
-        )
-        trainer = Trainer(
-            model, train, val, run_dir, tcfg, dist_ctx=DistContext(device=device),
-            logger=setup_logging(None, True, name="bench"),
-        )  # fmt: skip
-        result = trainer.fit()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return dict(seconds=time.perf_counter() - start, prep_seconds=prep,
-                final_val_acc=result["history"][-1]["val_acc"])  # fmt: skip
+    tcfg = dataclasses.replace(
+        TrainConfig.from_config(cfg), compile=compile_model, compile_mode=compile_mode
+    )
+    return fit_ours(model, train, val, tcfg, device, start, prep)
 
 
 def upscale(splits: dict, short_side: int) -> dict:

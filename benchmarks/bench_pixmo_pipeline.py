@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline_timing import add_arguments, report, run_original_loop  # noqa: E402
+from pipeline_timing import add_arguments, fit_ours, report, run_original_loop  # noqa: E402
 
 import synthetic_pixmo  # noqa: E402
 from custom_dataset import (  # noqa: E402
@@ -51,10 +51,9 @@ from custom_dataset import (  # noqa: E402
 )
 from demo_pixmo import PixmoConfig  # noqa: E402
 from experiment_config import load_preset  # noqa: E402
-from fine_tune import TrainConfig, Trainer  # noqa: E402
+from fine_tune import TrainConfig  # noqa: E402
 from gpu_transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from model import PixMoModel  # noqa: E402
-from training_utils import DistContext, setup_logging  # noqa: E402
 
 
 def recipe(epochs: int, tiny: bool) -> PixmoConfig:
@@ -95,19 +94,10 @@ def run_ours(data: dict, cfg: PixmoConfig, device, compile_model: bool, compile_
     if device.type == "cuda":
         torch.cuda.synchronize()
     prep = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as run_dir:
-        tcfg = dataclasses.replace(
-            TrainConfig.from_config(cfg), compile=compile_model, compile_mode=compile_mode
-        )
-        trainer = Trainer(
-            model, train, val, run_dir, tcfg, dist_ctx=DistContext(device=device),
-            logger=setup_logging(None, True, name="bench"),
-        )  # fmt: skip
-        result = trainer.fit()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return dict(seconds=time.perf_counter() - start, prep_seconds=prep,
-                final_val_acc=result["history"][-1]["val_acc"])  # fmt: skip
+    tcfg = dataclasses.replace(
+        TrainConfig.from_config(cfg), compile=compile_model, compile_mode=compile_mode
+    )
+    return fit_ours(model, train, val, tcfg, device, start, prep)
 
 
 class OriginalPixmoDataset(torch.utils.data.Dataset):

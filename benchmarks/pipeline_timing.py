@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from typing import Callable, Iterable
 
@@ -39,6 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser, full_epochs: int, workers: in
     parser.add_argument("--only", choices=["both", "ours", "original"], default="both")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")
     parser.add_argument("--compile_mode", default="default", help="e.g. reduce-overhead")
+
+
+def fit_ours(model, train, val, train_config, device, start: float, prep_seconds: float) -> dict:
+    """Our side: the kit's Trainer (validation and checkpoints every epoch, as in a real run)
+    in a throw-away run folder. ``start``: ``time.perf_counter()`` when our side began, so
+    that the one-off preprocessing counts. Returns seconds, prep seconds and accuracy."""
+    from fine_tune import Trainer
+    from training_utils import DistContext, setup_logging
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(
+            model, train, val, run_dir, train_config, dist_ctx=DistContext(device=device),
+            logger=setup_logging(None, True, name="bench"),
+        )  # fmt: skip
+        result = trainer.fit()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return dict(seconds=time.perf_counter() - start, prep_seconds=prep_seconds,
+                final_val_acc=result["history"][-1]["val_acc"])  # fmt: skip
 
 
 def run_original_loop(
