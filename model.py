@@ -334,7 +334,7 @@ class LocalCNN(nn.Module):
     Four stages, each a stride-2 and a stride-1 3x3 convolution with BatchNorm and ReLU
     (32, 64, 128, 256 channels), so the map is q/16 a side. The output is the average of
     the map's central 2 x 2 cells, the part of the crop under the point, projected to
-    ``dim``. Unlike the trunk's BatchNorms, these train normally (batch statistics).
+    ``dim`` and layer-normalised. Unlike the trunk's BatchNorms, these train normally (batch statistics).
     """
 
     def __init__(self, dim: int = 512, widths: tuple[int, ...] = (32, 64, 128, 256)):
@@ -351,7 +351,9 @@ class LocalCNN(nn.Module):
             ]
             width_in = width
         self.features = nn.Sequential(*layers)
-        self.proj = nn.Linear(width_in, dim)
+        # LayerNorm: the token enters at unit scale next to the trunk's features, whatever
+        # their scale (else a from-scratch branch needs many steps just to be heard).
+        self.proj = nn.Sequential(nn.Linear(width_in, dim), nn.LayerNorm(dim))
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         maps = self.features(crops)  # (B, 256, q/16, q/16)
@@ -406,6 +408,7 @@ class PointPixMoModel(nn.Module):
         self.crop_frac, self.crop_size, self.local_size = crop_frac, crop_size, local_size
         self.backbone = ResNet34Trunk(trainable_from)
         self.mid_proj = nn.Linear(256, dim)  # layer3 features at the point -> token width
+        self.point_norm = nn.LayerNorm(dim)  # trunk features at the point, at unit scale
         self.point_embed = FourierEmbedding(dim, fourier_bands)
         self.offset_embed = FourierEmbedding(dim, fourier_bands)
         self.local_cnn = LocalCNN(dim) if local_size else None
@@ -420,12 +423,9 @@ class PointPixMoModel(nn.Module):
         unit = to_unit(points.float(), height, width)  # (B, 2) in [-1, 1]
         mid, features = self.backbone(images)  # (B, 256, S/16, S/16), (B, 512, S/32, S/32)
 
-        point_token = (
-            sample_at(features, unit).float()
-            + self.mid_proj(sample_at(mid, unit).float())
-            + self.point_embed(unit)
-            + self.type_embed[0]
-        )  # (B, 512)
+        sampled = sample_at(features, unit).float() + self.mid_proj(sample_at(mid, unit).float())
+        point_token = self.point_norm(sampled) + self.point_embed(unit) + self.type_embed[0]
+        # (B, 512)
         if self.local_cnn is not None:
             local = crop_around(images, unit, self.crop_frac, self.local_size)  # (B, 3, q, q)
             point_token = point_token + self.local_cnn(local).float()  # (B, 512)
