@@ -63,9 +63,9 @@ from tqdm import tqdm
 from training_utils import (
     BEST_FILE,
     CHECKPOINT_FILE,
+    BackgroundSaver,
     DistContext,
     Preempted,
-    atomic_torch_save,
     get_rng_state,
     set_rng_state,
     setup_logging,
@@ -370,6 +370,7 @@ class Trainer:
         self.best_val_acc, self.best_epoch = -1.0, -1
         self.history: list[dict] = []
         self._partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of an interrupted epoch
+        self.saver = BackgroundSaver()  # checkpoint/best writes overlap the next epoch
 
     # ---------------------------------------------------------------- stopping
 
@@ -419,7 +420,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "train_source": self.train_source.state_dict(),
         }
-        atomic_torch_save(state, self.run_dir / CHECKPOINT_FILE)
+        self.saver.save(state, self.run_dir / CHECKPOINT_FILE)
 
     def load_checkpoint(self) -> None:
         ckpt = torch.load(self.run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
@@ -520,6 +521,7 @@ class Trainer:
             with stop_on_signals():  # also when used without run_main (notebooks, tests)
                 self._fit_epochs(writer)
         finally:
+            self.saver.wait()  # every checkpoint on disk before fit returns or Preempted exits
             if writer is not None:
                 writer.close()
         return {
@@ -556,7 +558,7 @@ class Trainer:
                 + ("  (best)" if improved else "")
             )
             if improved and self.ctx.is_main:
-                atomic_torch_save(
+                self.saver.save(
                     {
                         "model": trainable_state_dict(self.model),
                         "epoch": epoch + 1,

@@ -5,7 +5,8 @@
   ``--resume``; ``--resume`` needs ``checkpoint.pt``).
 - Atomic writes (``atomic_torch_save``, ``atomic_write_text``, ``write_predictions``): write a
   temporary file next to the target, then ``os.replace`` it, so a crash or a Slurm time limit
-  never leaves a half-written checkpoint or prediction file.
+  never leaves a half-written checkpoint or prediction file. ``BackgroundSaver`` does the
+  checkpoint writes in a thread while training goes on.
 - Distributed setup (``init_distributed``): torchrun or Slurm environment variables,
   ``env://`` rendezvous, NCCL on the GPU and gloo on the CPU.
 - Random-number state capture/restore for exact resumption.
@@ -16,7 +17,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import copy
 import logging
 import os
 import random
@@ -169,6 +172,51 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def to_cpu_copy(obj: Any) -> Any:
+    """A deep copy of ``obj`` with every tensor copied to the CPU (for saving in the
+    background while training goes on changing the originals in place)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class BackgroundSaver:
+    """``atomic_torch_save`` in one background thread, so training does not wait for disk.
+
+    ``save(obj, path)`` snapshots ``obj`` to the CPU at once (the only part the caller waits
+    for: a ~200 MB optimizer state copies in milliseconds, while writing it takes about half
+    a second) and writes it in order with the other saves; at most ``max_pending`` writes
+    queue up. ``wait()`` blocks until every write is on disk and re-raises the first error.
+    Files are still replaced atomically, so a crash leaves the previous complete file.
+    """
+
+    def __init__(self, max_pending: int = 2):
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # started on demand
+        self._pending: list[concurrent.futures.Future] = []
+        self.max_pending = max_pending
+
+    def save(self, obj: Any, path: str | Path) -> None:
+        while len(self._pending) >= self.max_pending:
+            self._pending.pop(0).result()
+        snapshot = to_cpu_copy(obj)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="saver")
+        self._pending.append(self._pool.submit(atomic_torch_save, snapshot, Path(path)))
+
+    def wait(self) -> None:
+        """Finish every write (and stop the thread); then raise the first error, if any."""
+        pending, self._pending = self._pending, []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for future in pending:
+            future.result()
 
 
 def write_predictions(path: str | Path, preds: Iterable[int]) -> None:

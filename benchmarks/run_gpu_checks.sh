@@ -16,25 +16,33 @@ LOG_DIR="${LOG_DIR:-${OUT:-gpu-checks}}"
 mkdir -p "$LOG_DIR"
 PYTHON="${PYTHON:-python}"
 
-run() { # run NAME COMMAND...: the command's output to the terminal and LOG_DIR/NAME.log
+FAILED=()
+run() { # run NAME COMMAND...: output to the terminal and LOG_DIR/NAME.log; a failure is
+  # recorded and the next check still runs (a GPU slot is too precious to stop at one).
   local name="$1"
   shift
   echo "=== $name: $*"
-  local start=$SECONDS
-  "$@" 2>&1 | tee "$LOG_DIR/$name.log"
-  echo "=== $name: $((SECONDS - start)) s wall"
+  local start=$SECONDS rc=0
+  "$@" 2>&1 | tee "$LOG_DIR/$name.log" || rc=$?
+  echo "=== $name: exit $rc, $((SECONDS - start)) s wall"
+  [ "$rc" -eq 0 ] || FAILED+=("$name")
 }
 
 speed() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG_DIR/gpu.txt"
   run vit_step "$PYTHON" benchmarks/bench_vit_step.py
+  run checkpoint "$PYTHON" benchmarks/bench_checkpoint.py
   # The original PixMo pipeline takes about 1.6 min for 20 epochs; time 10 and project.
   run pixmo_pipeline "$PYTHON" benchmarks/bench_pixmo_pipeline.py --original_epochs 10
+  # Our side again with CUDA graphs (fewer kernel launches at batch 16).
+  run pixmo_pipeline_graphs "$PYTHON" benchmarks/bench_pixmo_pipeline.py --only ours \
+    --compile --compile_mode reduce-overhead
 }
 
 flower() {
   # The original flower pipeline would need 10+ minutes for 100 epochs: time 10, project.
   run flower_pipeline "$PYTHON" benchmarks/bench_flower_pipeline.py --original_epochs 10
+  run flower_pipeline_compiled "$PYTHON" benchmarks/bench_flower_pipeline.py --only ours --compile
 }
 
 accuracy() {
@@ -43,7 +51,7 @@ accuracy() {
   runs="runs/gpu_checks/$(date +%Y%m%d-%H%M%S)"
   for preset in pixmo_demo pixmo_point; do
     run "$preset" "$PYTHON" demo_pixmo.py --exp_name "$preset" --output_dir "$runs/$preset"
-    cp "$runs/$preset/config.yaml" "$LOG_DIR/$preset.config.yaml"
+    cp "$runs/$preset/config.yaml" "$LOG_DIR/$preset.config.yaml" 2>/dev/null || true
   done
 }
 
@@ -57,3 +65,7 @@ case "${1:-}" in
     exit 2
     ;;
 esac
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  echo "FAILED: ${FAILED[*]} (see $LOG_DIR/<name>.log)" >&2
+  exit 1
+fi

@@ -18,6 +18,7 @@ from gpu_transforms import (
 )
 from training_utils import (
     CHECKPOINT_FILE,
+    BackgroundSaver,
     Preempted,
     UserError,
     clear_stop_request,
@@ -25,6 +26,7 @@ from training_utils import (
     request_stop,
     stop_on_signals,
     stop_requested,
+    to_cpu_copy,
     write_predictions,
 )
 
@@ -200,6 +202,27 @@ def test_checkpoint_every_n_epochs_writes_the_last_epoch_too(tmp_path, monkeypat
     monkeypatch.setattr(Trainer, "save_checkpoint", spy)
     tiny_run(tmp_path / "run", epochs=5, checkpoint_every=2)
     assert epochs_written == [2, 4, 5], f"checkpoints after epochs {epochs_written}"
+
+
+def test_background_saver_snapshots_at_save_time_and_reports_errors(tmp_path):
+    live = {"w": torch.zeros(3), "nested": [torch.zeros(2)]}
+    snapshot = to_cpu_copy(live)
+    live["w"] += 1
+    live["nested"][0] += 1
+    assert snapshot["w"].sum() == 0 and snapshot["nested"][0].sum() == 0, "not a copy"
+    saver = BackgroundSaver()
+    weights = torch.zeros(1000)
+    saver.save({"w": weights, "meta": [1, {"lr": 0.1}]}, tmp_path / "a.pt")
+    weights += 1  # training goes on changing the tensor in place
+    saver.save({"w": weights}, tmp_path / "b.pt")
+    saver.wait()
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert a["w"].sum() == 0, "the write saw a later value: save() must copy at once"
+    assert b["w"].sum() == 1000 and a["meta"] == [1, {"lr": 0.1}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt"]  # no temporaries
+    saver.save({"w": weights}, tmp_path / "missing" / "c.pt")  # a folder that does not exist
+    with pytest.raises(RuntimeError, match="does not exist"):
+        saver.wait()  # the write's error reaches the caller
 
 
 def test_accuracy_counts_every_sample(tmp_path):
