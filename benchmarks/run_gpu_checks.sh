@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LOG_DIR="${LOG_DIR:-${OUT:-gpu-checks}}"
 mkdir -p "$LOG_DIR"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
+export PYTHONUNBUFFERED=1 # progress reaches the log as it happens
 
 FAILED=()
 run() { # run NAME COMMAND...: output to the terminal and LOG_DIR/NAME.log; a failure is
