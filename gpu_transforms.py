@@ -31,8 +31,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_chw_uint8(image: np.ndarray) -> torch.Tensor:
-    """HWC uint8 numpy image (H, W, 3) -> CHW uint8 tensor (3, H, W) (a view, no copy)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    """HWC uint8 numpy image (H, W, 3) -> CHW uint8 tensor (3, H, W): a view where it can be,
+    a copy when the array is read-only (e.g. ``np.asarray`` of a PIL image), which torch
+    cannot wrap safely."""
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def resize_shorter_side(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from gpu_transforms import (
     crop_flip,
     normalize,
     sample_crop_offsets,
+    to_chw_uint8,
     transform_points,
 )
 from training_utils import (
@@ -31,6 +32,20 @@ from training_utils import (
 )
 
 # ---------------------------------------------------------------- batch transforms
+
+
+def test_read_only_images_are_copied_not_wrapped():
+    """np.asarray of a PIL image is read-only; torch must not wrap it (undefined behaviour)."""
+    import numpy as np
+
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    image.flags.writeable = False
+    tensor = to_chw_uint8(image)
+    assert tensor.shape == (3, 4, 5)
+    assert (tensor.permute(1, 2, 0).numpy() == image).all()
+    assert tensor.untyped_storage().data_ptr() != image.ctypes.data, "wrapped a read-only array"
+    writable = np.zeros((2, 2, 3), np.uint8)
+    assert to_chw_uint8(writable).untyped_storage().data_ptr() == writable.ctypes.data  # a view
 
 
 def test_crop_flip_matches_torchvision_crop_and_hflip():
