@@ -327,6 +327,13 @@ def crop_around(images: torch.Tensor, unit_points: torch.Tensor, frac: float, si
     return F.grid_sample(images, grid, mode="bilinear", align_corners=False)
 
 
+def _like(crops: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``crops`` in the memory format of ``images`` (channels_last on the GPU path)."""
+    if images.is_contiguous(memory_format=torch.channels_last):
+        return crops.contiguous(memory_format=torch.channels_last)
+    return crops
+
+
 class LocalCNN(nn.Module):
     """A small CNN, trained from scratch, for the crop centred on the point: (B, 3, q, q) ->
     (B, dim).
@@ -334,7 +341,8 @@ class LocalCNN(nn.Module):
     Four stages, each a stride-2 and a stride-1 3x3 convolution with BatchNorm and ReLU
     (32, 64, 128, 256 channels), so the map is q/16 a side. The output is the average of
     the map's central 2 x 2 cells, the part of the crop under the point, projected to
-    ``dim`` and layer-normalised. Unlike the trunk's BatchNorms, these train normally (batch statistics).
+    ``dim`` and layer-normalised. Unlike the trunk's BatchNorms, these train normally
+    (batch statistics in training, running statistics in eval).
     """
 
     def __init__(self, dim: int = 512, widths: tuple[int, ...] = (32, 64, 128, 256)):
@@ -425,17 +433,14 @@ class PointPixMoModel(nn.Module):
 
         sampled = sample_at(features, unit).float() + self.mid_proj(sample_at(mid, unit).float())
         point_token = self.point_norm(sampled) + self.point_embed(unit) + self.type_embed[0]
-        # (B, 512)
         if self.local_cnn is not None:
             local = crop_around(images, unit, self.crop_frac, self.local_size)  # (B, 3, q, q)
-            point_token = point_token + self.local_cnn(local).float()  # (B, 512)
+            point_token = point_token + self.local_cnn(_like(local, images)).float()  # (B, 512)
         tokens = [point_token[:, None]]  # list of (B, n, 512)
 
         if self.crop_stream:
             crops = crop_around(images, unit, self.crop_frac, self.crop_size)
-            if images.is_contiguous(memory_format=torch.channels_last):
-                crops = crops.contiguous(memory_format=torch.channels_last)
-            _, crop_features = self.backbone(crops)  # (B, 512, s/32, s/32)
+            _, crop_features = self.backbone(_like(crops, images))  # (B, 512, s/32, s/32)
             crop_token = crop_features.float().mean(dim=(2, 3)) + self.type_embed[1]  # (B, 512)
             tokens.append(crop_token[:, None])
 
