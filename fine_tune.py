@@ -187,7 +187,10 @@ class ViTPrompt(_BackboneClassifier):
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The entries of ``model.state_dict()`` that change in training: the trainable
     parameters (prompts, head, ... or everything) and the buffers of every module that owns
-    one (a trainable BatchNorm's running statistics). The frozen rest comes from the weights."""
+    one (a trainable BatchNorm's running statistics). The frozen rest comes from the weights.
+
+    The values are the live tensors, not copies: save them at once (``BackgroundSaver``
+    copies them to the CPU itself, so a copy here would be made twice every epoch)."""
     names = set()
     for prefix, module in model.named_modules():
         own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
@@ -195,7 +198,7 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             dot = f"{prefix}." if prefix else ""
             names.update(dot + n for n in own)
             names.update(dot + n for n, _ in module.named_buffers(recurse=False))
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+    return {k: v for k, v in model.state_dict().items() if k in names}  # state_dict detaches
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
