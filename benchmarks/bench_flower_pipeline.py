@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_vit_step import TorchvisionVPT  # noqa: E402
-from pipeline_timing import add_arguments, fit_ours, report, run_original_loop  # noqa: E402
+from pipeline_timing import add_arguments, fit_ours, run_and_report, run_original_loop  # noqa: E402
 
 import synthetic_flowers  # noqa: E402
 from custom_dataset import FlowerPILDataset, flower_batch_sources, load_flower_splits  # noqa: E402
@@ -165,18 +165,11 @@ def main(argv=None):
     n_train, n_val = len(splits["train"][0]), len(splits["val"][0])
     print(f"device {device}; vit_vpt_deep recipe, {epochs} epochs, {n_train} train / {n_val} val "
           f"images ({source}); {'TINY ViT, 32 px' if tiny else 'ViT-B/32, 224 px'}")  # fmt: skip
-    if device.type == "cpu":
-        print("CPU run: checks that the benchmark executes; the figures are NOT the GPU targets.")
-    results = {}
-    if args.only in ("both", "ours"):
-        results["ours"] = run_ours(splits, cfg, device, args.compile, args.compile_mode)
-    if args.only in ("both", "original"):
-        original_epochs = min(args.original_epochs or epochs, epochs)
-        results["original"] = run_original(splits, cfg, device, args.workers, original_epochs)
-        results["original"]["workers"] = args.workers
-    report(
-        results,
+    return run_and_report(
+        args,
         epochs,
+        lambda: run_ours(splits, cfg, device, args.compile, args.compile_mode),
+        lambda original_epochs: run_original(splits, cfg, device, args.workers, original_epochs),
         "target on an H100: >= 10x, ours <= 60 s for 100 epochs",
         {"device": str(device), "tiny": tiny, "epochs": epochs, "data": source},
     )

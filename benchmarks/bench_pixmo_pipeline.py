@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline_timing import add_arguments, fit_ours, report, run_original_loop  # noqa: E402
+from pipeline_timing import add_arguments, fit_ours, run_and_report, run_original_loop  # noqa: E402
 
 import synthetic_pixmo  # noqa: E402
 from custom_dataset import (  # noqa: E402
@@ -176,22 +176,14 @@ def main(argv=None):
         f"device {device}; pixmo_demo recipe, {epochs} epochs, {len(data['train'])} train / "
         f"{len(data['val'])} val images ({source}); {cfg.image_size} px inputs"
     )
-    if device.type == "cpu":
-        print("CPU run: checks that the benchmark executes; the figures are NOT the GPU targets.")
-    results = {}
-    if args.only in ("both", "ours"):
-        results["ours"] = run_ours(data, cfg, device, args.compile, args.compile_mode)
-    if args.only in ("both", "original"):
-        original_epochs = min(args.original_epochs or epochs, epochs)
-        results["original"] = run_original(data, cfg, device, args.workers, original_epochs)
-        results["original"]["workers"] = args.workers
-    report(
-        results,
+    return run_and_report(
+        args,
         epochs,
+        lambda: run_ours(data, cfg, device, args.compile, args.compile_mode),
+        lambda original_epochs: run_original(data, cfg, device, args.workers, original_epochs),
         "target on an H100: >= 10x, ours about 10 s",
         {"device": str(device), "tiny": tiny, "epochs": epochs, "data": source},
     )
-    return results
 
 
 if __name__ == "__main__":

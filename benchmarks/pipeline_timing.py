@@ -101,6 +101,28 @@ def run_original_loop(
     return dict(seconds=seconds, epochs=epochs, final_val_acc=correct / max(count, 1))
 
 
+def run_and_report(
+    args: argparse.Namespace,
+    epochs: int,
+    run_ours: Callable[[], dict],
+    run_original: Callable[[int], dict],
+    target: str,
+    summary: dict,
+) -> dict:
+    """Run the sides that ``--only`` asks for (the original for ``--original_epochs``, at
+    most ``epochs``), then ``report``. Returns the results."""
+    if summary.get("device") == "cpu":
+        print("CPU run: checks that the benchmark executes; the figures are NOT the GPU targets.")
+    results = {}
+    if args.only in ("both", "ours"):
+        results["ours"] = run_ours()
+    if args.only in ("both", "original"):
+        original = run_original(min(args.original_epochs or epochs, epochs))
+        results["original"] = dict(original, workers=args.workers)
+    report(results, epochs, target, summary)
+    return results
+
+
 def report(results: dict, epochs: int, target: str, summary: dict) -> None:
     """Print both sides, the per-epoch speed-up (and projection, if the original ran fewer
     epochs), then one JSON line with everything."""
