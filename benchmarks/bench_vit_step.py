@@ -35,16 +35,14 @@ sys.path.insert(0, str(ROOT))
 from vision_transformer import ENCODER_SPECS, build_vit  # noqa: E402
 
 
-class TorchvisionVPT(nn.Module):
-    """VPT-Deep/Shallow on an unmodified torchvision VisionTransformer (the baseline)."""
+class _VPTDeep(nn.Module):
+    """What both sides share: a frozen ViT (kept in eval mode), 10 prompts per layer (uniform
+    init in [-v, v], v^2 = 6 / (2 * hidden)) and a linear head; subclasses give ``forward``."""
 
-    def __init__(
-        self, vit: torchvision.models.VisionTransformer, n_classes, num_prompts=10, deep=True
-    ):
+    def __init__(self, vit, n_classes, layers, num_prompts=10):
         super().__init__()
         self.vit = vit.requires_grad_(False).eval()
         d = vit.hidden_dim
-        layers = len(vit.encoder.layers) if deep else 1
         v = (6.0 / (d + d)) ** 0.5
         self.prompts = nn.Parameter(torch.empty(layers, num_prompts, d).uniform_(-v, v))
         self.head = nn.Linear(d, n_classes)
@@ -53,6 +51,15 @@ class TorchvisionVPT(nn.Module):
         super().train(mode)
         self.vit.eval()
         return self
+
+
+class TorchvisionVPT(_VPTDeep):
+    """VPT-Deep/Shallow on an unmodified torchvision VisionTransformer (the baseline)."""
+
+    def __init__(
+        self, vit: torchvision.models.VisionTransformer, n_classes, num_prompts=10, deep=True
+    ):
+        super().__init__(vit, n_classes, len(vit.encoder.layers) if deep else 1, num_prompts)
 
     def forward(self, images):
         vit = self.vit
@@ -68,22 +75,11 @@ class TorchvisionVPT(nn.Module):
         return self.head(vit.encoder.ln(x)[:, 0])
 
 
-class OursVPT(nn.Module):
+class OursVPT(_VPTDeep):
     """The same step on our ViT (``fine_tune.ViTPrompt`` without building it from weights)."""
 
     def __init__(self, vit, n_classes, num_prompts=10, deep=True):
-        super().__init__()
-        self.vit = vit.requires_grad_(False).eval()
-        d = vit.hidden_dim
-        layers = vit.num_layers if deep else 1
-        v = (6.0 / (d + d)) ** 0.5
-        self.prompts = nn.Parameter(torch.empty(layers, num_prompts, d).uniform_(-v, v))
-        self.head = nn.Linear(d, n_classes)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.vit.eval()
-        return self
+        super().__init__(vit, n_classes, vit.num_layers if deep else 1, num_prompts)
 
     def forward(self, images):
         return self.head(self.vit.features(images, self.prompts))
