@@ -65,7 +65,11 @@ def resolve_config(section: str, config_cls: type[C]) -> C:
 
 
 def output_dir() -> Path:
-    return Path(FLAGS.output_dir or f"runs/{FLAGS.exp_name}")
+    """The run directory (--output_dir, default runs/<exp_name>), checked against the
+    run-directory rules before any slow work; ``open_run`` creates it later."""
+    out = Path(FLAGS.output_dir or f"runs/{FLAGS.exp_name}")
+    prepare_run_dir(out, FLAGS.resume, create=False)
+    return out
 
 
 def resolve_data_dir(

