@@ -36,7 +36,8 @@ from custom_dataset import (
     load_flower_splits,
 )
 from experiment_config import to_dict
-from fine_tune import TrainConfig, Trainer, ViTLinear, ViTPrompt, fit_and_predict
+from fine_tune import ViTLinear, ViTPrompt
+from trainer import TrainConfig, Trainer, fit_and_predict
 from training_utils import (
     UserError,
     cleanup_distributed,

@@ -38,8 +38,8 @@ from custom_dataset import (
     normalize_pixmo,
 )
 from experiment_config import to_dict
-from fine_tune import TrainConfig, Trainer, fit_and_predict
 from model import WeightsError, build_pixmo_model, load_resnet34_weights
+from trainer import TrainConfig, Trainer, fit_and_predict
 from training_utils import (
     UserError,
     cleanup_distributed,

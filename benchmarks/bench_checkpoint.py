@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fine_tune import TrainConfig, build_optimizer, trainable_state_dict  # noqa: E402
 from model import PixMoModel  # noqa: E402
+from trainer import TrainConfig, build_optimizer, trainable_state_dict  # noqa: E402
 from training_utils import BackgroundSaver, atomic_torch_save  # noqa: E402
 
 

@@ -48,8 +48,9 @@ import synthetic_flowers  # noqa: E402
 from custom_dataset import FlowerPILDataset, flower_batch_sources, load_flower_splits  # noqa: E402
 from demo_flower import FlowerConfig  # noqa: E402
 from experiment_config import load_preset  # noqa: E402
-from fine_tune import TrainConfig, ViTPrompt  # noqa: E402
+from fine_tune import ViTPrompt  # noqa: E402
 from gpu_transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from trainer import TrainConfig  # noqa: E402
 from vision_transformer import ENCODER_SPECS  # noqa: E402
 
 

@@ -51,9 +51,9 @@ from custom_dataset import (  # noqa: E402
 )
 from demo_pixmo import PixmoConfig  # noqa: E402
 from experiment_config import load_preset  # noqa: E402
-from fine_tune import TrainConfig  # noqa: E402
 from gpu_transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from model import PixMoModel  # noqa: E402
+from trainer import TrainConfig  # noqa: E402
 
 
 def recipe(epochs: int, tiny: bool) -> PixmoConfig:

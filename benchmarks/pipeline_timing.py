@@ -46,7 +46,7 @@ def fit_ours(model, train, val, train_config, device, start: float, prep_seconds
     """Our side: the kit's Trainer (validation and checkpoints every epoch, as in a real run)
     in a throw-away run folder. ``start``: ``time.perf_counter()`` when our side began, so
     that the one-off preprocessing counts. Returns seconds, prep seconds and accuracy."""
-    from fine_tune import Trainer
+    from trainer import Trainer
     from training_utils import DistContext, setup_logging
 
     with tempfile.TemporaryDirectory() as run_dir:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from fine_tune import LRSchedule, TrainConfig, Trainer, ViTPrompt, inference, predict
+from fine_tune import ViTPrompt
 from gpu_transforms import (
     ImageBatchSource,
     crop_flip,
@@ -17,6 +17,7 @@ from gpu_transforms import (
     to_chw_uint8,
     transform_points,
 )
+from trainer import LRSchedule, TrainConfig, Trainer, inference, predict
 from training_utils import (
     CHECKPOINT_FILE,
     BackgroundSaver,
