@@ -12,7 +12,7 @@
 #   e.g. SITE_MODULES="python/3.10.14 cuda/12.4.0 gcc-native/12.3"
 SITE_MODULES=""
 # A Python virtual environment with requirements.txt installed (folder holding bin/activate).
-# Empty: use the `python` found on the PATH of the shell that ran sbatch.
+# Empty: the venv or conda env active in the shell that ran sbatch, else `python3` on PATH.
 #   e.g. SITE_VENV="/work/nvme/bfdu/cs444/fa25/mp3/venv"
 SITE_VENV=""
 # Shared copies of the datasets. Empty: the demos' defaults (./flower-dataset-reduced,
@@ -76,7 +76,17 @@ kit_prepare() {
     source "$SITE_VENV/bin/activate"
     set -u
   fi
-  PYTHON="${PYTHON:-python}"
+  # The interpreter of the kit's environment (the venv just activated, or the venv/conda env
+  # active when sbatch ran), not whatever python3 comes first on the node's PATH.
+  if [ -z "${PYTHON:-}" ]; then
+    if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+      PYTHON="$VIRTUAL_ENV/bin/python"
+    elif [ -n "${CONDA_PREFIX:-}" ] && [ -x "$CONDA_PREFIX/bin/python" ]; then
+      PYTHON="$CONDA_PREFIX/bin/python"
+    else
+      PYTHON=python3
+    fi
+  fi
   command -v "$PYTHON" >/dev/null 2>&1 || kit_fail "'$PYTHON' not found; set SITE_VENV in cluster_site.sh or activate your environment before sbatch"
 
   # Slurm does not create folders: make the run folder here (the --output/--error folder

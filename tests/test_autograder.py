@@ -287,7 +287,8 @@ def test_slurm_array_script_splits_the_folders_and_merges(tmp_path, labels):
     for task in (0, 1):
         env = dict(os.environ, SUBMISSIONS=str(subs), LABELS=str(labels), OUT=str(out),
                    SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="2",
-                   SLURM_CPUS_PER_TASK="2", SLURM_SUBMIT_DIR=str(ROOT))  # fmt: skip
+                   SLURM_CPUS_PER_TASK="2", SLURM_SUBMIT_DIR=str(ROOT),
+                   PYTHON=sys.executable)  # the kit's environment, activated or not  # fmt: skip
         proc = subprocess.run(["bash", str(ROOT / "autograder" / "grade_array.sbatch")], env=env,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]

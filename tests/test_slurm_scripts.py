@@ -258,6 +258,32 @@ def test_bad_site_venv_is_reported(fake_kit):
     assert result.returncode == 2 and "SITE_VENV=/no/such/venv has no bin/activate" in result.stderr
 
 
+def _fake_env(folder: Path) -> Path:
+    """A folder that looks like a venv: bin/python runs this interpreter."""
+    (folder / "bin").mkdir(parents=True)
+    python = folder / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
+@pytest.mark.parametrize("variable", ["VIRTUAL_ENV", "CONDA_PREFIX"])
+def test_jobs_use_the_python_of_the_active_environment(fake_kit, tmp_path, variable):
+    """Not whatever python3 comes first on the node's PATH (e.g. a module's)."""
+    env_python = _fake_env(tmp_path / "env")
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "python3").write_text("#!/bin/sh\necho decoy python used >&2; exit 3\n")
+    (decoy / "python3").chmod(0o755)
+    clean = {"OUTPUT_DIR": "runs/v", "EXP_NAME": "e1", variable: str(tmp_path / "env"),
+             "PATH": f"{decoy}:{os.environ['PATH']}"}  # fmt: skip
+    for other in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        clean.setdefault(other, "")
+    result = run_script(fake_kit, "flower", clean)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert f"run: {env_python} demo_flower.py" in result.stdout
+
+
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
 def test_signal_is_forwarded_and_checkpoint_kept(fake_kit, sig):
     env = {
