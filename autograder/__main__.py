@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .grade import GradeOptions, grade
+from .sandbox import SandboxUnavailable
 
 
 def _common(p):
@@ -91,7 +92,7 @@ def main(argv=None):
             only=args.only,
             options=_options(args, quiet=True),
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SandboxUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

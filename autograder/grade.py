@@ -39,6 +39,7 @@ class GradeOptions:
     reference_dir: str = None
     kit_root: str = None
     quiet: bool = False
+    shared: tuple = ()  # folders holding other uploads and results (grade-all): kept secret
 
 
 def find_submission_root(submission, marker="transformer_utils.py"):
@@ -86,6 +87,10 @@ def _exercise_message(ex_id, decl, res, limits):
         if not res.startup.get("ok"):
             # no student code ran yet, so the sandbox's own output is safe to show
             why = res.startup.get("error") or f"no report; sandbox output: {res.log[-600:]!r}"
+            if why.startswith("refusing") and (
+                res.probe.get("readable") or res.probe.get("writable")
+            ):
+                why = _refusal(res.probe)
             return False, (
                 f"The sandbox could not start ({why}); this is a grader problem, "
                 "please tell the course staff."
@@ -136,6 +141,20 @@ def _exercise_message(ex_id, decl, res, limits):
             f"The outputs could not be read back ({type(exc).__name__}: {str(exc)[:200]}).",
         )
     return outputs, status.get("types", {})
+
+
+def _refusal(probe):
+    """The probe found protected paths within the sandbox's reach: say which, and what helps."""
+    found = []
+    if probe.get("readable"):
+        found.append(f"readable (must stay hidden): {', '.join(probe['readable'][:4])}")
+    if probe.get("writable"):
+        found.append(f"writable (must stay unchanged): {', '.join(probe['writable'][:4])}")
+    return (
+        f"refusing to run student code: as the sandbox sees them, these paths are "
+        f"{'; '.join(found)}. Make them root-only (chmod go-rwx), or grade where Linux "
+        "namespaces work (as root, or as a user allowed user namespaces)"
+    )
 
 
 def _exercise_limits(assignment, opts):
@@ -275,8 +294,8 @@ def describe_protections(res, caps, limits, protected):
         lines.append("  - unprivileged user: NOT active (grader is not root)")
     if caps.namespaces:
         lines.append(
-            "  - mount namespace with a minimal read-only root (no repository, hidden "
-            "data, labels or results inside) [active]"
+            "  - mount namespace with a minimal read-only root (system folders and the Python "
+            "installation; no repository, hidden data, labels or results inside) [active]"
         )
         lines.append("  - PID namespace (leftover processes die with the sandbox) [active]")
         lines.append("  - network namespace without interfaces (no network) [active]")
@@ -291,9 +310,9 @@ def describe_protections(res, caps, limits, protected):
         lines.append(f"  - protected paths: UNSAFE, readable {readable}, writable {writable}")
     else:
         lines.append(
-            f"  - hidden data, labels, solution and results unreadable, results file "
-            f"unwritable from the sandbox [verified by probe, "
-            f"{len(protected)} paths]"
+            "  - hidden data, labels, solution and uploads unreadable; results file, kit and "
+            "Python installation unwritable, as the sandbox sees them [verified by probe, "
+            f"{getattr(res, 'checked', len(protected))} paths]"
         )
     if getattr(res, "cgroups", None):
         names = " and ".join(
@@ -335,6 +354,8 @@ def grade(submission, results_path, labels_dir, options=None):
     except KeyboardInterrupt:
         results["output"] = "Grading was interrupted."
         raise
+    except sandbox.SandboxUnavailable as exc:  # a machine problem, said in one line
+        results["output"] = str(exc)
     except Exception as exc:  # the grader's own failure: still a valid results.json
         results["output"] = (
             f"The autograder failed ({type(exc).__name__}: {exc}). Please tell the course staff."
@@ -373,26 +394,12 @@ def _grade(submission, results_path, labels_dir, opts):
         raise ValueError(f"submission folder {submission} does not exist")
     sub_root = find_submission_root(submission)
     reference_dir = Path(opts.reference_dir or data.REFERENCE_DIR).absolute()
-    protected = sorted(
-        {
-            str(p)
-            for p in (
-                kit_root,
-                data.PACKAGE_DIR,
-                reference_dir,
-                data.PREPARED_DIR,
-                data.cache_dir(),
-                labels_dir,
-                results_path.parent,
-                submission,
-                *(labels_dir / p.file for p in assignment.predictions),
-            )
-        }
+    protected, unwritable = _protected_paths(
+        assignment, kit_root, reference_dir, labels_dir, submission, results_path, opts
     )
-    unwritable = [str(results_path)]
     # the instructor's files: check them before running anything
     labels = read_labels(labels_dir, assignment.predictions)
-    caps = sandbox.detect(opts.namespaces, opts.userns)
+    caps = sandbox.require_sandbox(opts.namespaces, opts.userns, opts.insecure)
     # Start the sandbox first: its torch import is the slow part, so the checks below overlap.
     state = _start_exercises(assignment, decls, sub_root, opts, protected, unwritable)
     try:
@@ -414,6 +421,32 @@ def _grade(submission, results_path, labels_dir, opts):
         print("---- sandbox output (capped) ----", file=sys.stderr)
         print(res.log[-4000:], file=sys.stderr)
     return {"tests": tests, "output": "\n".join(out), "leaderboard": leaderboard}
+
+
+def _protected_paths(assignment, kit_root, reference_dir, labels_dir, submission, results, opts):
+    """What student code must not read (secret) and must not change (untouched).
+
+    The sandbox's probe checks each path, and what a folder holds, as the sandbox sees it,
+    before any student code runs. Folders above them are not on the list: listing /tmp or
+    /home reveals nothing, and the Python installation may live under them."""
+    kit_root = Path(kit_root).absolute()
+    secret = [
+        kit_root,
+        kit_root / "transformer_utils.py",  # the reference solution
+        kit_root / "instructor",
+        kit_root / ".git",
+        data.PACKAGE_DIR,
+        reference_dir,
+        data.PREPARED_DIR,
+        data.cache_dir(),
+        labels_dir,
+        *(labels_dir / p.file for p in assignment.predictions),
+        submission,
+        *(Path(p).absolute() for p in opts.shared),
+    ]
+    untouched = [results, kit_root, kit_root / "test_functions.py", kit_root / "instructor",
+                 data.PACKAGE_DIR, labels_dir, submission]  # fmt: skip
+    return [str(p) for p in secret], [str(p) for p in untouched]
 
 
 def _grade_files(assignment, sub_root, labels):

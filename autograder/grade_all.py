@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
+from . import sandbox
 from .grade import grade
 from .results import write_results
 
@@ -40,6 +41,11 @@ def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=
     if not folders:
         raise ValueError(f"{submissions}: no submission folders found")
     jobs = max(1, min(jobs, len(folders)))
+    # a machine that cannot sandbox student code fails once, in one line, not per submission
+    sandbox.require_sandbox(options.namespaces, options.userns, options.insecure)
+    # every other student's upload and results stay out of each sandbox's reach
+    shared = (str(submissions), *([str(results_dir)] if results_dir else []))
+    options = replace(options, shared=shared)
     uids = _slots(jobs, options.uid)
     rows = {}
 

@@ -4,19 +4,26 @@ Layers, strongest first (each is reported by :func:`describe`):
 
 * **namespaces + minimal root** (root with ``unshare``; this machine): fresh mount, PID,
   network, IPC and UTS namespaces. The child's root file system is a tmpfs holding only
-  read-only binds of the system directories (/usr, /etc, ...), the Python installation, and
-  the sandbox's own box directory: the repository, the hidden data, the labels, the results
-  directory and /root simply do not exist in there. The PID namespace dies with the
-  supervisor, taking leftovers with it; the network namespace has no interfaces.
+  read-only binds of the system directories (/usr, /etc, ...), the Python installation
+  (wherever it lives: /tmp, /opt, a home folder, inside the kit), a private /tmp, and the
+  sandbox's own box directory: the repository, the hidden data, the labels, the results
+  file and /root simply do not exist in there (a protected path that lies inside one of the
+  bound folders is covered by an empty mount). The PID namespace dies with the supervisor,
+  taking leftovers with it; the network namespace has no interfaces.
+* **user namespace** (no root, e.g. a Slurm node): the same minimal root, PID and network
+  isolation inside a user namespace; student code runs as the grader's own user with every
+  capability dropped. Where the kernel forbids user namespaces the grader refuses, naming
+  the setting (:func:`userns_blocker`).
 * **privilege drop** (grader running as root, e.g. Gradescope): every exercise process runs as
-  an unprivileged user with no supplementary groups and ``no_new_privs``; a probe run as
-  that user before any student code checks that the protected paths are unreadable and the
-  results file unwritable; if not, grading refuses to run student code (``--insecure``
-  overrides, for local experiments only).
-* **always**: rlimits on CPU seconds, address space, processes and file size; a wall-clock
-  timeout; the whole process group and every process of the sandbox user killed afterwards;
-  a clean environment; stdin from /dev/null; stdout/stderr captured and capped; outputs
-  returned as ``.npz`` read with ``allow_pickle=False``.
+  an unprivileged user with no supplementary groups and ``no_new_privs``.
+* **always**: a probe, run as the sandbox user before any student code, checks every
+  protected path *as the sandbox sees it*: a path that names the same file as outside
+  (same device and inode) must be unreadable (secrets) or unwritable (the results file, the
+  kit, the Python installation); if not, grading refuses to run student code (``--insecure``
+  overrides, for local experiments only). Rlimits on CPU seconds, address space, processes
+  and file size; a wall-clock timeout; the whole process group and every process of the
+  sandbox user killed afterwards; a clean environment; stdin from /dev/null; stdout/stderr
+  captured and capped; outputs returned as ``.npz`` read with ``allow_pickle=False``.
 """
 
 import fcntl
@@ -41,27 +48,41 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 
 _NS_SCRIPT = r"""
 set -eu
-NEW="$1"; BOX="$2"; PY="$3"; CHROOT="$4"; SYSTEM="$5"; shift 5
-mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev agroot "$NEW"
-robind() {
-  mkdir -p "$NEW$1"; mount --rbind "$1" "$NEW$1"
-  # read-only where the kernel lets us (locked flags may refuse); permissions protect anyway
-  mount -o remount,bind,ro "$NEW$1" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$NEW$1" 2>/dev/null || true
-}
-for d in $SYSTEM; do
-  if [ -L "$d" ]; then ln -s "$(readlink "$d")" "$NEW$d"
-  elif [ -d "$d" ]; then robind "$d"
+NEW="$1"; BOX="$2"; PY="$3"; CHROOT="$4"; MOUNT="$5"; shift 5
+$MOUNT -t tmpfs -o mode=0755,size=16m,nosuid,nodev agroot "$NEW"
+# symbolic links of the system (e.g. /bin -> usr/bin): count, then (path, target) pairs
+n="$1"; shift
+while [ "$n" -gt 0 ]; do ln -s "$2" "$NEW$1"; shift 2; n=$((n - 1)); done
+# the private /tmp first: a Python installation under /tmp is bound on top of it
+mkdir -p "$NEW/tmp" "$NEW/dev/shm" "$NEW/proc" "$NEW/box"
+$MOUNT -t tmpfs -o mode=1777,size=64m,nosuid,nodev tmpfs "$NEW/tmp"
+$MOUNT -t tmpfs -o mode=1777,size=16m,nosuid,nodev tmpfs "$NEW/dev/shm"
+# read-only binds: count, then (path, flags the mount already has) pairs. Inside a user
+# namespace those flags are locked and must be repeated when remounting read-only; the
+# probe checks afterwards that the Python installation really is unwritable.
+n="$1"; shift
+while [ "$n" -gt 0 ]; do
+  mkdir -p "$NEW$1"; $MOUNT --rbind "$1" "$NEW$1"
+  $MOUNT -o "remount,bind,ro${2:+,$2}" "$NEW$1" 2>/dev/null \
+    || $MOUNT -o remount,bind,ro "$NEW$1" 2>/dev/null || true
+  shift 2; n=$((n - 1))
+done
+$MOUNT --rbind "$BOX" "$NEW/box"
+for d in null zero full random urandom; do
+  touch "$NEW/dev/$d"; $MOUNT --bind "/dev/$d" "$NEW/dev/$d"
+done
+$MOUNT -t proc -o nosuid,nodev,noexec proc "$NEW/proc"
+# protected paths inside a bound folder: count, then (path, dir|file) pairs, covered
+n="$1"; shift
+while [ "$n" -gt 0 ]; do
+  if [ "$2" = dir ]; then
+    $MOUNT -t tmpfs -o ro,size=4k,mode=000,nosuid,nodev,noexec agmask "$NEW$1"
+  else
+    $MOUNT --bind /dev/null "$NEW$1"
   fi
+  shift 2; n=$((n - 1))
 done
-for d in "$@"; do robind "$d"; done
-mkdir -p "$NEW/box" "$NEW/tmp" "$NEW/dev/shm" "$NEW/proc"
-mount --rbind "$BOX" "$NEW/box"
-mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev tmpfs "$NEW/tmp"
-mount -t tmpfs -o mode=1777,size=16m,nosuid,nodev tmpfs "$NEW/dev/shm"
-for n in null zero full random urandom; do
-  touch "$NEW/dev/$n"; mount --bind "/dev/$n" "$NEW/dev/$n"
-done
-mount -t proc -o nosuid,nodev,noexec proc "$NEW/proc"
+$MOUNT -o remount,ro "$NEW" 2>/dev/null || true
 cd "$NEW"
 exec "$CHROOT" "$NEW" "$PY" -I -B /box/sandbox_child.py /box/job.json
 """
@@ -75,15 +96,61 @@ class Capabilities:
     namespaces: bool
     reason: str = ""
     userns: bool = False  # namespaces through a user namespace (no root needed)
+    blocker: tuple = None  # (kernel setting that forbids user namespaces, value that works)
+
+
+class SandboxUnavailable(Exception):
+    """No sandbox that can hide the protected paths from student code (one-line message)."""
 
 
 _NS_FLAGS = ["--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child"]
+# An ordinary user's PATH often lacks /usr/sbin, where Debian keeps chroot.
+_TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin")
 
 
-def _try_unshare(extra):
+def tool(name):
+    """Absolute path of a system tool: found on PATH, else in the usual system folders."""
+    found = shutil.which(name)
+    if found:
+        return os.path.abspath(found)
+    for folder in _TOOL_DIRS:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+# Kernel settings that stop an ordinary user from creating the sandbox's namespaces:
+# (file under /proc/sys, the value that blocks, the value that works).
+_USERNS_SETTINGS = (
+    ("kernel/unprivileged_userns_clone", "0", "1"),
+    ("kernel/apparmor_restrict_unprivileged_userns", "1", "0"),
+    ("kernel/userns_restrict", "1", "0"),
+    *((f"user/max_{kind}_namespaces", "0", "a positive number, e.g. 10000")
+      for kind in ("user", "mnt", "pid", "net", "ipc", "uts")),
+)  # fmt: skip
+
+
+def userns_blocker(sysctl_dir="/proc/sys"):
+    """The kernel setting that forbids unprivileged user namespaces, as ``(setting, fix)``
+    (e.g. ``("kernel.unprivileged_userns_clone=0", "1")``), or None if none is found."""
+    for rel, blocks, fix in _USERNS_SETTINGS:
+        try:
+            value = (Path(sysctl_dir) / rel).read_text().strip()
+        except OSError:
+            continue
+        if value == blocks:
+            return f"{rel.replace('/', '.')}={value}", fix
+    return None
+
+
+def _try_unshare(unshare, mount, extra):
+    """Create the namespaces once and mount what the sandbox mounts (a tmpfs and /proc), so a
+    kernel that allows the namespaces but not the mounts in them is found out here."""
+    probe = f"{mount} -t tmpfs agprobe /tmp && {mount} -t proc proc /proc"
     try:
-        proc = subprocess.run(["unshare", *extra, *_NS_FLAGS, "true"], stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=20)  # fmt: skip
+        proc = subprocess.run([unshare, *extra, *_NS_FLAGS, "--propagation", "private", "sh", "-c",
+                               probe], stdin=subprocess.DEVNULL, capture_output=True, timeout=20)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unshare failed ({exc})"
     if proc.returncode != 0:
@@ -103,42 +170,155 @@ def detect(allow_namespaces=True, force_userns=False):
     root = os.geteuid() == 0
     if not allow_namespaces:
         return Capabilities(root, False, "disabled by option")
-    if not (shutil.which("unshare") and shutil.which("chroot")):
-        return Capabilities(root, False, "unshare/chroot not found")
+    missing = [name for name in ("unshare", "chroot", "mount") if tool(name) is None]
+    if missing:
+        return Capabilities(root, False, f"{'/'.join(missing)} not found (install util-linux "
+                                         "and coreutils)")  # fmt: skip
+    unshare, mount = tool("unshare"), tool("mount")
     if root and not force_userns:
-        why = _try_unshare([])
+        why = _try_unshare(unshare, mount, [])
         return Capabilities(root, not why, why)
-    why = _try_unshare(["--user", "--map-root-user"])
-    return Capabilities(root, not why, why or "", userns=not why)
+    why = _try_unshare(unshare, mount, ["--user", "--map-root-user"])
+    blocker = userns_blocker() if why else None
+    if blocker:
+        why = f"the kernel setting {blocker[0]} forbids user namespaces"
+    return Capabilities(root, not why, why, userns=not why, blocker=blocker)
 
 
-def interpreter_dirs():
-    """Directories the child needs for Python and its packages (outside /usr etc.)."""
+def require_sandbox(allow_namespaces=True, force_userns=False, insecure=False):
+    """Raise :class:`SandboxUnavailable` when student code could not be kept away from the
+    protected paths: without root and without namespaces it would run as the grader's own
+    user, able to read everything the grader reads. Root always has the privilege drop."""
+    caps = detect(allow_namespaces, force_userns)
+    if caps.root or caps.namespaces or insecure:
+        return caps
+    if not allow_namespaces:
+        how = "drop --no-namespaces"
+    elif caps.blocker:
+        how = f"ask the administrator to set {caps.blocker[0].split('=')[0]} to {caps.blocker[1]}"
+    else:
+        how = "run where user namespaces are allowed"
+    raise SandboxUnavailable(
+        f"refusing to run student code: without root the sandbox needs a user namespace, and "
+        f"here {caps.reason}; {how}, grade as root, or add --insecure (trusted code only: the "
+        "hidden data is then readable)"
+    )
+
+
+def _inside(path, folder):
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _package_parents():
+    import importlib.util
+
+    dirs = []
+    for name in ("numpy", "torch", "yaml"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec and spec.origin:
+            parent = str(Path(spec.origin).resolve().parent.parent)
+            if parent not in dirs:
+                dirs.append(parent)
+    return dirs
+
+
+def interpreter_dirs(protected=()):
+    """Folders the child needs for Python and its packages (outside /usr etc.), wherever they
+    are: under /tmp, /opt, a home folder or the kit's own folder.
+
+    A folder that would expose a protected path is left out when a narrower one does the job
+    (a venv made in the kit's folder binds its bin/ and lib/, never the kit); what remains is
+    covered inside the sandbox (see :func:`_masks`).
+    """
     import sysconfig
 
-    import numpy
-
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        dirs.add(sysconfig.get_paths()[key])
-    dirs.add(str(Path(numpy.__file__).resolve().parent.parent))
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("torch")
-        if spec and spec.origin:
-            dirs.add(str(Path(spec.origin).resolve().parent.parent))
-    except (ImportError, ValueError):
-        pass
-    real = sorted({os.path.realpath(d) for d in dirs} | dirs)
+    paths = sysconfig.get_paths()
+    required = {os.path.dirname(os.path.abspath(sys.executable)), *_package_parents()}
+    required |= {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    optional = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    required |= {os.path.realpath(d) for d in required}
+    optional |= {os.path.realpath(d) for d in optional}
+    protected = {p for q in protected for p in (str(q), os.path.realpath(q))}
+    candidates = set(required)
+    for d in optional - required:
+        if not any(_inside(p, d) for p in protected):
+            candidates.add(d)
     keep = []
-    for d in real:
-        if not os.path.isdir(d) or any(d == s or d.startswith(s + "/") for s in SYSTEM_DIRS):
+    for d in sorted(candidates):
+        if not os.path.isdir(d) or any(_inside(d, s) for s in SYSTEM_DIRS):
             continue
-        if any(d.startswith(k + "/") for k in keep):
+        if any(_inside(d, k) for k in keep):
             continue
         keep.append(d)
     return keep
+
+
+def _mount_flags(path):
+    """The flags of the mount holding ``path`` that a read-only remount must repeat."""
+    try:
+        flags = os.statvfs(path).f_flag
+    except OSError:
+        return ""
+    names = [name for bit, name in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"),
+             (os.ST_NOEXEC, "noexec"), (os.ST_NOATIME, "noatime"),
+             (os.ST_NODIRATIME, "nodiratime"), (os.ST_RELATIME, "relatime")) if flags & bit]  # fmt: skip
+    if not flags & (os.ST_NOATIME | os.ST_RELATIME):
+        names.append("strictatime")
+    return ",".join(names)
+
+
+def _masks(protected, bound):
+    """Protected paths that lie inside a folder bound into the sandbox, as (path, kind): an
+    empty mount covers each. A protected folder that holds the Python installation itself
+    cannot be covered; the probe then reports it."""
+    masks = []
+    for path in sorted({p for q in protected for p in (str(q), os.path.realpath(q))}):
+        if not os.path.exists(path) or not any(_inside(path, b) for b in bound):
+            continue
+        if any(_inside(b, path) for b in bound if b not in SYSTEM_DIRS):
+            continue
+        if any(_inside(path, m) for m, _ in masks):
+            continue
+        masks.append((path, "dir" if os.path.isdir(path) else "file"))
+    return masks
+
+
+def _identities(paths, skip=(), depth=2, limit=300):
+    """``[{"path", "id": [st_dev, st_ino]}]`` for ``paths`` and, for folders, what they hold
+    (``depth`` levels, at most ``limit`` entries per path) except the Python installation
+    (``skip``; a venv in the kit's folder), which the sandbox must see. The probe compares
+    the identity of what it finds at each path with this one: another file at the same path
+    (the sandbox's private /tmp, a bare folder on the way to the Python installation) is no
+    leak."""
+    out, seen = [], set()
+
+    def add(path, level, budget):
+        if budget[0] <= 0 or path in seen:
+            return
+        if level and any(_inside(path, s) for s in skip):
+            return
+        seen.add(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        out.append({"path": path, "id": [st.st_dev, st.st_ino]})
+        budget[0] -= 1
+        if level < depth and stat.S_ISDIR(st.st_mode) and os.path.basename(path) != ".git":
+            try:
+                names = sorted(os.listdir(path))
+            except OSError:
+                return
+            for name in names:
+                add(os.path.join(path, name), level + 1, budget)
+
+    for p in paths:
+        for q in dict.fromkeys((os.path.abspath(str(p)), os.path.realpath(str(p)))):
+            add(q, 0, [limit])
+    return out
 
 
 UID_RANGE = 256  # sandbox uids: NOBODY, NOBODY - 1, ... (no passwd entry needed)
@@ -281,22 +461,6 @@ class _CappedReader(threading.Thread):
                 self.kept += chunk[:room]
 
 
-def _package_parents():
-    import importlib.util
-
-    dirs = []
-    for name in ("numpy", "torch", "yaml"):
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        if spec and spec.origin:
-            parent = str(Path(spec.origin).resolve().parent.parent)
-            if parent not in dirs:
-                dirs.append(parent)
-    return dirs
-
-
 def _processes_of(uid):
     count = 0
     for pid in os.listdir("/proc"):
@@ -312,7 +476,7 @@ def kill_user(uid):
     """Kill every process of ``uid`` (a helper switched to that user runs kill -KILL -1)."""
     if os.geteuid() != 0 or uid == 0:
         return
-    kill = shutil.which("kill") or "/bin/kill"
+    kill = tool("kill") or "/bin/kill"
     for _ in range(2):
         try:
             subprocess.run(
@@ -367,30 +531,21 @@ def start_sandbox(
     shutil.copyfile(CHILD_SCRIPT, box / "sandbox_child.py")
     (box / "out").mkdir(mode=0o755)
     out_mounted = False
-    if caps.namespaces:
+    if caps.namespaces and caps.root:
         # A size-limited tmpfs for everything the student's processes may write here, so a
         # flood of files cannot fill the grading machine's disk.
         size_mb = limits.max_file_mb * 2 * max(1, len(exercises)) + 16
+        opts = f"size={size_mb}m,mode=0755,nosuid,nodev,noexec"
         out_mounted = (
-            subprocess.run(
-                [
-                    "mount",
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    f"size={size_mb}m,mode=0755,nosuid,nodev,noexec",
-                    "agout",
-                    str(box / "out"),
-                ],
-                capture_output=True,
-            ).returncode
-            == 0
-        )
+            subprocess.run([tool("mount") or "mount", "-t", "tmpfs", "-o", opts, "agout",
+                            str(box / "out")], capture_output=True).returncode == 0
+        )  # fmt: skip
     (box / "rec").mkdir(mode=0o700)  # supervisor records: root only
     for ex in exercises:
         # root-owned until the supervisor hands it to the exercise process that writes it
         (box / "out" / ex["id"]).mkdir(mode=0o700)
     box_in_child = "/box" if caps.namespaces else str(box)
+    python_dirs = interpreter_dirs(protected)
     job = {
         "require_safe": require_safe,
         # inside a user namespace we are uid 0 (mapped to our own user): drop capabilities
@@ -403,8 +558,10 @@ def start_sandbox(
         "site_dirs": _package_parents(),
         "exercises": exercises,
         "limits": vars(limits) if not isinstance(limits, dict) else limits,
-        "protected": [str(p) for p in protected],
-        "unwritable": [str(p) for p in unwritable],
+        # checked by the probe as the sandbox sees them (see _identities)
+        "protected": _identities(protected, skip=python_dirs, depth=2),
+        "unwritable": _identities(unwritable, skip=python_dirs, depth=1)
+        + _identities(python_dirs, depth=0),
         "kit": f"{box_in_child}/kit",
         "student": f"{box_in_child}/student",
         "inputs": f"{box_in_child}/inputs",
@@ -423,12 +580,22 @@ def start_sandbox(
         "PYTHONHASHSEED": "0",
         "CUDA_VISIBLE_DEVICES": "",
     }
-    python = os.path.realpath(sys.executable)
+    # the environment's own interpreter (not the one its symlink points to), so that inside the
+    # sandbox it finds its pyvenv.cfg and site-packages exactly as outside
+    python = os.path.abspath(sys.executable)
     if caps.namespaces:
         newroot = work / "root"
         newroot.mkdir(mode=0o755)
+        links, binds = [], []
+        for d in SYSTEM_DIRS:
+            if os.path.islink(d):
+                links += [d, os.readlink(d)]
+            elif os.path.isdir(d):
+                binds.append(d)
+        binds += python_dirs
+        masks = _masks(protected, binds)
         cmd = [
-            "unshare",
+            tool("unshare"),
             *(["--user", "--map-root-user"] if caps.userns else []),
             *_NS_FLAGS,
             "--propagation",
@@ -440,9 +607,14 @@ def start_sandbox(
             str(newroot),
             str(box),
             python,
-            shutil.which("chroot"),
-            " ".join(SYSTEM_DIRS),
-            *interpreter_dirs(),
+            tool("chroot"),
+            tool("mount"),
+            str(len(links) // 2),
+            *links,
+            str(len(binds)),
+            *(x for d in binds for x in (d, _mount_flags(d))),
+            str(len(masks)),
+            *(x for m in masks for x in m),
         ]
         mode = "user-namespaces" if caps.userns else "namespaces"
     else:
@@ -465,6 +637,7 @@ def start_sandbox(
     result.out_mounted = out_mounted
     result.uid_lock = uid_lock
     result.deadline = limits.startup_s + sum(ex["timeout_s"] + 5 for ex in exercises)
+    result.checked = len(job["protected"]) + len(job["unwritable"])
     result.started = time.monotonic()
     result.proc = subprocess.Popen(
         cmd,
@@ -538,7 +711,8 @@ def cleanup(result):
     """Remove the sandbox's working directory (after the outputs were read)."""
     work = getattr(result, "work", None)
     if getattr(result, "out_mounted", False):
-        subprocess.run(["umount", "-l", str(Path(work) / "box" / "out")], capture_output=True)
+        umount = tool("umount") or "umount"
+        subprocess.run([umount, "-l", str(Path(work) / "box" / "out")], capture_output=True)
     if work and Path(work).exists():
         shutil.rmtree(work, ignore_errors=True)
     for folder in getattr(result, "cgroups", []):

@@ -7,8 +7,9 @@ targets, the labels or the results file.
 
 Lifecycle:
 1. probe: a forked, unprivileged process tries to read every protected path and to write
-   the results file; the outcome goes to ``rec/probe.json`` (root-only), so the grader can
-   say which protections really held.
+   the results file, the kit and the Python installation, where they are the same files as
+   the grader's (same device and inode); the outcome goes to ``rec/probe.json`` (root-only),
+   so the grader can say which protections really held.
 2. import torch once (the expensive part), with no student code loaded yet;
 3. per exercise: fork a FRESH process, drop it to the sandbox user with rlimits, import the
    student's transformer_utils and the kit's trusted test_functions there, run
@@ -186,6 +187,16 @@ def write_json(path, obj):
 
 
 # ---------------------------------------------------------------- 1. probe
+def _same_file(item):
+    """Whether ``item["path"]``, as the sandbox sees it, is the protected file itself (same
+    device and inode as the grader saw) rather than another file at the same path."""
+    try:
+        st = os.stat(item["path"])
+    except OSError:
+        return False
+    return [st.st_dev, st.st_ino] == item["id"]
+
+
 def probe():
     """Check, as the sandbox user, that the protected paths are out of reach."""
     r, w = os.pipe()
@@ -196,7 +207,10 @@ def probe():
         try:
             drop_privileges(JOB["limits"])
             report["uid"] = os.getuid()
-            for path in JOB["protected"]:
+            for item in JOB["protected"]:
+                path = item["path"]
+                if not _same_file(item):
+                    continue  # not there, or another file (e.g. in the private /tmp)
                 try:
                     if os.path.isdir(path):
                         os.listdir(path)
@@ -206,13 +220,20 @@ def probe():
                     report["readable"].append(path)
                 except OSError:
                     pass
-            for path in JOB["unwritable"]:
-                try:
-                    with open(path, "ab"):
-                        pass
+            for item in JOB["unwritable"]:
+                path = item["path"]
+                if not _same_file(item):
+                    continue
+                if os.path.isdir(path):
+                    writable = os.access(path, os.W_OK)  # could add, remove or rename entries
+                else:
+                    try:  # opening for writing changes nothing; no O_CREAT
+                        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+                        writable = True
+                    except OSError:
+                        writable = False
+                if writable:
                     report["writable"].append(path)
-                except OSError:
-                    pass
         except BaseException as exc:  # report, never crash silently
             report["error"] = repr(exc)
         os.write(w, json.dumps(report).encode())
