@@ -278,70 +278,113 @@ def _free_uid():
 
 HOSTILE = ["read_labels_rewrite_predictions", "forge_results_direct"]
 
+# Run a command (as root) in a new user namespace mapping uids 0-65535 to themselves, whose
+# user.max_user_namespaces is 0: what a cluster that forbids user namespaces looks like to the
+# ordinary user the command then becomes (through setpriv).
+NO_USERNS = r"""
+import ctypes, os, sys
+go_r, go_w = os.pipe()
+ready_r, ready_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    ok = ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0  # CLONE_NEWUSER
+    os.write(ready_w, b"1" if ok else b"0")
+    if not ok or os.read(go_r, 1) != b"1":
+        os._exit(77)
+    with open("/proc/sys/user/max_user_namespaces", "w") as fh:
+        fh.write("0")
+    os.execv(sys.argv[1], sys.argv[1:])
+ok = os.read(ready_r, 1) == b"1"
+try:
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{name}", "w") as fh:
+            fh.write("0 0 65536\n")
+except OSError:
+    ok = False
+os.write(go_w, b"1" if ok else b"0")
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
 
-@needs_root
-def test_teaching_assistant_grades_without_root_from_their_home():
-    """An ordinary user (no passwd entry needed), ordinary PATH, kit and venv in their home,
-    grading through the Slurm array script outside Slurm: the user-namespace sandbox grades
-    the reference solution fully and still defeats hostile uploads."""
-    setpriv = sandbox.tool("setpriv")
-    if not setpriv or not _can_unshare():
-        pytest.skip("needs setpriv and unshare (util-linux) to act as another user")
-    uid = _free_uid()
-    as_ta = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-    base = Path(tempfile.mkdtemp(prefix="ag-ta-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    try:
-        home = base / "home" / "ta"
-        kit = home / "kit"
-        _copy_kit(kit)
-        _write_labels(home / "labels")
-        subs, out = home / "submissions", home / "graded"
-        _upload(subs / "correct", home / "labels")
-        for case in HOSTILE:
-            paths = {"@RESULTS@": str(out / "results" / case / "results.json"),
-                     "@LABELS@": str(home / "labels"), "@SUBMISSION@": str(subs / case),
-                     "@KIT@": str(kit), "@HIDDEN@": str(kit / "autograder" / "reference_data")}  # fmt: skip
-            _upload(subs / case, home / "labels", case, paths)
-        if data.cache_dir().is_dir():  # skip preparing the hidden data again
-            shutil.copytree(data.cache_dir(), home / ".cache" / "course-kit-autograder")
-        (home / "python").mkdir()
-        (kit / ".venv").mkdir()
-        subprocess.run(["chown", "-R", f"{uid}:{uid}", str(base / "home")], check=True)
-        os.chmod(home, 0o700)
-        # Python for the TA: the base interpreter if they may run it, else its installation
-        # bound into their home (as a pyenv or conda there would be).
+
+class TA:
+    """A teaching assistant's account without root: a uid with no passwd entry, a home under
+    /tmp holding the kit and its .venv, and an ordinary PATH. Their Python is the base
+    interpreter if they may run it, else its installation bound into their home (as a pyenv
+    or conda there would be); the running environment's site-packages is bound into the
+    .venv. ``run(command)`` runs a shell command as them in a private mount namespace."""
+
+    def __init__(self, base):
+        self.setpriv = sandbox.tool("setpriv")
+        if not self.setpriv or not _can_unshare():
+            pytest.skip("needs setpriv and unshare (util-linux) to act as another user")
+        self.uid = _free_uid()
+        self.as_ta = [self.setpriv, f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
+        self.base, self.home = base, base / "home" / "ta"
+        self.kit = self.home / "kit"
+        os.chmod(base, 0o755)
+        _copy_kit(self.kit)
+        _write_labels(self.home / "labels")
+        if data.cache_dir().is_dir():  # skip preparing the hidden data again (torch import)
+            shutil.copytree(data.cache_dir(), self.home / ".cache" / "course-kit-autograder")
+        (self.home / "python").mkdir()
+        (self.kit / ".venv").mkdir()
+        self.env = {"HOME": str(self.home), "PATH": ORDINARY_PATH, "LANG": "C.UTF-8",
+                    "USER": "ta", "VIRTUAL_ENV": str(self.kit / ".venv")}  # fmt: skip
+
+    def run(self, command, env=(), wrap=""):
+        subprocess.run(["chown", "-R", f"{self.uid}:{self.uid}", str(self.home)], check=True)
+        os.chmod(self.home, 0o700)
         base_exe = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         base_prefix = os.path.realpath(sys.base_prefix)
         # (a binary whose libpython the user cannot read may still start, with another one)
         same = "import sys; print(sys.version, sys.base_prefix)"
-        reachable = subprocess.run([*as_ta, base_exe, "-c", same], capture_output=True, text=True)
+        reach = subprocess.run([*self.as_ta, base_exe, "-c", same], capture_output=True, text=True)
         python = base_exe
-        if reachable.stdout.strip() != f"{sys.version} {sys.base_prefix}":
-            python = str(home / "python" / os.path.relpath(base_exe, base_prefix))
-        torch_parent = sandbox._package_parents()[0]
-        version = sysconfig.get_python_version()
-        site = kit / ".venv" / "lib" / f"python{version}" / "site-packages"
-        env = {"HOME": str(home), "PATH": ORDINARY_PATH, "LANG": "C.UTF-8", "USER": "ta",
-               "VIRTUAL_ENV": str(kit / ".venv"), "SUBMISSIONS": str(subs),
-               "LABELS": str(home / "labels"), "OUT": str(out), "SLURM_ARRAY_TASK_ID": "0",
-               "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_CPUS_PER_TASK": "3"}  # fmt: skip
+        if reach.stdout.strip() != f"{sys.version} {sys.base_prefix}":
+            python = str(self.home / "python" / os.path.relpath(base_exe, base_prefix))
+        site = self.kit / ".venv" / "lib" / f"python{sysconfig.get_python_version()}"
+        variables = " ".join(f'{k}="{v}"' for k, v in {**self.env, **dict(env)}.items())
+        as_ta = " ".join(self.as_ta)
         script = f"""set -e
-{"" if python == base_exe else f'mount --bind "{base_prefix}" "{home}/python"'}
-{" ".join(as_ta)} "{python}" -m venv --without-pip "{kit}/.venv" || exit 77
-mount --bind "{torch_parent}" "{site}"
-cd "{kit}"
-exec {" ".join(as_ta)} env -i {" ".join(f'{k}="{v}"' for k, v in env.items())} \\
-  bash autograder/grade_array.sbatch
+{"" if python == base_exe else f'mount --bind "{base_prefix}" "{self.home}/python"'}
+{as_ta} "{python}" -m venv --without-pip "{self.kit}/.venv" || exit 77
+mount --bind "{sandbox._package_parents()[0]}" "{site}/site-packages"
+cd "{self.kit}"
+exec {wrap} {as_ta} env -i {variables} {command}
 """
-        start = time.monotonic()
         proc = subprocess.run([sandbox.tool("unshare"), "--mount", "--propagation", "private",
                                "bash", "-c", script], capture_output=True, text=True, timeout=400)  # fmt: skip
-        elapsed = time.monotonic() - start
         if proc.returncode == 77:
-            pytest.skip(f"the user {uid} cannot run this Python: {proc.stderr[-500:]}")
+            pytest.skip(f"the user {self.uid} cannot run this Python: {proc.stderr[-500:]}")
+        return proc
+
+
+@needs_root
+def test_teaching_assistant_grades_without_root_from_their_home():
+    """An ordinary user, ordinary PATH, kit and venv in their home, grading through the Slurm
+    array script outside Slurm (the python on PATH has no torch: the job must pick the venv's):
+    the user-namespace sandbox grades the reference solution fully and still defeats hostile
+    uploads."""
+    base = Path(tempfile.mkdtemp(prefix="ag-ta-", dir="/tmp"))
+    try:
+        ta = TA(base)
+        subs, out, labels = ta.home / "submissions", ta.home / "graded", ta.home / "labels"
+        _upload(subs / "correct", labels)
+        for case in HOSTILE:
+            paths = {"@RESULTS@": str(out / "results" / case / "results.json"),
+                     "@LABELS@": str(labels), "@SUBMISSION@": str(subs / case),
+                     "@KIT@": str(ta.kit), "@HIDDEN@": str(ta.kit / "autograder" / "reference_data")}  # fmt: skip
+            _upload(subs / case, labels, case, paths)
+        job = {"SUBMISSIONS": subs, "LABELS": labels, "OUT": out, "SLURM_ARRAY_TASK_ID": 0,
+               "SLURM_ARRAY_TASK_COUNT": 1, "SLURM_CPUS_PER_TASK": 3}  # fmt: skip
+        start = time.monotonic()
+        proc = ta.run("bash autograder/grade_array.sbatch", env=job)
+        elapsed = time.monotonic() - start
+        refusal = [line for line in proc.stderr.splitlines() if "refusing to run" in line]
+        if proc.returncode == 2 and refusal:  # the right answer where the kernel forbids userns
+            pytest.skip(f"user namespaces are forbidden here; the grader says: {refusal[0]}")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _owner(p) == uid]
+        leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _owner(p) == ta.uid]
         results = {
             name: (out / "results" / name / "results.json").read_text()
             for name in ["correct", *HOSTILE]
@@ -361,7 +404,32 @@ exec {" ".join(as_ta)} env -i {" ".join(f'{k}="{v}"' for k, v in env.items())} \
     rewrite = json.loads(results["read_labels_rewrite_predictions"])
     assert _part(rewrite, "test_flower.txt")["score"] == 0  # graded on the upload as sent
     assert set(upload_flower.split()) == {"0"}, "the sandbox rewrote the upload"
-    print(f"graded 3 uploads as uid {uid} in {elapsed:.1f} s")
+    print(f"graded 3 uploads as uid {ta.uid} in {elapsed:.1f} s")
+
+
+@needs_root
+def test_teaching_assistant_is_told_the_kernel_setting_that_is_missing():
+    """The same account on a machine whose kernel forbids user namespaces: the README's
+    command refuses in one line that names the setting, and grades nothing."""
+    base = Path(tempfile.mkdtemp(prefix="ag-ta-", dir="/tmp"))
+    try:
+        ta = TA(base)
+        _upload(ta.kit / "upload", ta.home / "labels")
+        helper = base / "no_userns.py"
+        helper.write_text(NO_USERNS)
+        proc = ta.run("python -m autograder grade upload --results results.json --labels ../labels",
+                      env={"PATH": f"{ta.kit}/.venv/bin:{ORDINARY_PATH}"},
+                      wrap=f"{sys.executable} {helper}")  # fmt: skip
+        if proc.returncode == 77:  # (TA.run skips itself when the venv fails)
+            pytest.skip(f"cannot make a user namespace to restrict: {proc.stderr[-300:]}")
+        assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+        res = json.loads((ta.kit / "results.json").read_text())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert res["tests"] == [] and "\n" not in res["output"]
+    assert "refusing to run student code" in res["output"]
+    assert "user.max_user_namespaces=0" in res["output"]
+    assert "set user.max_user_namespaces to a positive number" in res["output"]
 
 
 def _owner(pid):
