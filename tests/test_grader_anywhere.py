@@ -221,6 +221,7 @@ def _env_parts():
     return prefix, os.path.relpath(exe, sys.prefix)
 
 
+@pytest.mark.slow
 @needs_root
 def test_readme_command_with_everything_under_tmp():
     """`python -m autograder grade upload --results /tmp/results.json --labels labels`, run
@@ -359,6 +360,7 @@ exec {wrap} {as_ta} env -i {variables} {command}
         return proc
 
 
+@pytest.mark.slow
 @needs_root
 def test_teaching_assistant_grades_without_root_from_their_home():
     """An ordinary user, ordinary PATH, kit and venv in their home, grading through the Slurm
