@@ -238,15 +238,9 @@ def _finish_exercises(state, decls):
                 else:
                     outputs, types = verdict
                     exd = state["data"][i]
-                    passed, message = compare.check_outputs(
-                        outputs, types, exd.targets, d.rtol, d.atol
+                    passed, message = compare.grade_outputs(
+                        outputs, types, exd.targets, exd.mistakes, d.rtol, d.atol, exd.tolerances
                     )
-                    if not passed:
-                        hint = compare.matching_mistake(
-                            outputs, exd.mistakes, d.rtol * 10, d.atol * 10
-                        )
-                        if hint:
-                            message += f"\nYour output matches a known mistake: {hint}."
             printed = split_log(res.log).get(i, "").strip() if res is not None else ""
             if printed and not passed:
                 message += f"\nWhat your code printed (last 1500 characters):\n{printed[-1500:]}"

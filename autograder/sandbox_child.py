@@ -331,9 +331,9 @@ def run_exercise(ex):
         runner = tf.RUNNERS[ex["id"]]
         arrays, types = {}, {}
         for i, case_input in enumerate(cases):
-            stage = f"running case {i}"
+            stage = f"running case {i + 1} of {len(cases)} [{tf.describe_input(case_input)}]"
             torch.manual_seed(0)
-            with tf.forbidden_ops(ex["id"]):
+            with tf.forbidden_ops(ex["id"]), tf.warnings_at_student_lines():
                 result = runner(tu, case_input)
             _flatten(result, f"c{i}", arrays, types)
         status["types"] = types
@@ -345,15 +345,26 @@ def run_exercise(ex):
         status["kind"] = "ok"
     except BaseException as exc:
         status["kind"] = _classify(exc)
-        # show the student's own frames (the kit's and torch's are noise to them)
-        frames = traceback.extract_tb(exc.__traceback__)
-        mine = [f for f in frames if f.filename.endswith("transformer_utils.py")]
-        tb = traceback.format_list(mine or frames[-2:])
-        status["message"] = (
-            f"{type(exc).__name__} while {locals().get('stage', 'starting')}: {exc}"[:2000]
+        status["message"], status["traceback"] = _describe_failure(
+            exc, locals().get("stage", "starting")
         )
-        status["traceback"] = "".join(tb[-8:])[-3000:]
     finish()
+
+
+def _describe_failure(exc, stage):
+    """(message, where): the exception and the case it happened in, then the lines of the
+    student's transformer_utils.py it came from (the kit's and torch's frames are noise to a
+    student, so they are left out unless the student's file is not involved at all)."""
+    message = f"{type(exc).__name__} while {stage}: {exc}".strip()[:2000]
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if os.path.basename(f.filename) == "transformer_utils.py"]
+    if not mine:
+        return message, "".join(traceback.format_list(frames[-2:]))[-3000:]
+    where = [
+        f"  at transformer_utils.py:{f.lineno} in {f.name}:  {(f.line or '').strip()}"
+        for f in mine[-3:]  # the failing line last
+    ]
+    return message, "\n".join(where)[-3000:]
 
 
 def main():

@@ -70,7 +70,7 @@ def build_zip(out_zip, labels_dir, root=KIT_ROOT, assignment_path=None):
     entries["test_functions.py"] = ((root / "test_functions.py").read_bytes(), False)
     with tempfile.TemporaryDirectory() as tmp:
         for ex_id in assignment.student_exercises:
-            for suffix in (".pkl", "_mistakes.pkl"):
+            for suffix in (".pkl", "_mistakes.pkl", "_grading.pkl"):
                 src = root / "autograder" / "reference_data" / f"{ex_id}{suffix}"
                 if src.is_file():
                     entries[f"autograder/reference_data/{src.name}"] = (src.read_bytes(), False)

@@ -3,29 +3,40 @@
     python -m instructor.reference_data            # writes both sets below
     python -m instructor.reference_data --split public --out_dir /tmp/x
 
-* public: ``test_data/<id>.pkl`` (ships to students) and ``test_data/<id>_mistakes.pkl``
-* hidden: ``autograder/reference_data/<id>.pkl`` (+ ``_mistakes.pkl``): other seeds and
-  shapes, used only by the autograder.
+* public: ``test_data/<id>.pkl`` (ships to students), ``<id>_mistakes.pkl`` and
+  ``<id>_grading.pkl``
+* hidden: ``autograder/reference_data/<id>.pkl`` (+ ``_mistakes.pkl``, ``_grading.pkl``):
+  other seeds and shapes, used only by the autograder.
 
 ``<id>.pkl`` is a pickled list of cases ``{"input": {...}, "target": ...}`` (float32 CPU
 tensors; targets are a tensor or a dict of tensors). ``<id>_mistakes.pkl`` is a list
 aligned with the cases, each a dict ``{"description of a known mistake": output}``: the
 output that a typical wrong implementation produces on that case, so that the student
 tests can name the mistake. The wrong implementations live only here (never shipped).
+``<id>_grading.pkl`` is a dict of plain values: the exercise's role in
+instructor/assignment.yml ("graded", "practice" or "given") and, per case, the tolerance
+("rtol", "atol", and "strict_atol" + "note" on a deliberately hard case) with the measured
+error ("spread") of every correct answer it was derived from (see SAFETY_FACTOR below).
 
 Everything is seeded and computed with deterministic CPU ops, and pickled with a fixed
-protocol and tensors stored by value (see _ReproduciblePickler), so a rerun writes
-byte-identical files. ``generate`` checks that the
-student runners of test_functions.py reproduce every target from the reference
-solution and that every stored mistake is distinguishable from the target.
+protocol and tensors stored by value (see _ReproduciblePickler), so a rerun with the same
+torch writes byte-identical files; another torch may round a last bit differently, so the
+kit's test compares regenerated data with the committed data by value. ``generate`` checks
+that the student runners of test_functions.py reproduce every target from the reference
+solution, and that every stored mistake is far from the target and from the other mistakes
+and is named by the student tests' own diagnosis.
 """
 
 import argparse
+import ast
+import functools
 import io
 import math
 import os
 import pickle
 import sys
+import textwrap
+import types
 from collections import OrderedDict
 
 import numpy
@@ -97,19 +108,298 @@ def _random_mask(gen, *shape):
 
 
 # ---------------------------------------------------------------------------
+# Correct answers written other ways, and the tolerances they need
+# ---------------------------------------------------------------------------
+
+# tests/variants/<exercise>/*.py: correct student answers, each written the way students
+# write them (other products, the scale elsewhere, a hand-written softmax, other variance
+# formulas, float64 inside, ...). Each file defines ``forward(self, ...)``; its body is what
+# a student writes between YOUR CODE START and YOUR CODE END. A module-level
+# ``PRECISION_NOTE = "..."`` marks a formula that is correct but loses precision on hard
+# inputs; it is what the student is told when their output shows that loss.
+VARIANTS_DIR = os.path.join(ROOT, "tests", "variants")
+# The names a variant may import: exactly those transformer_utils.py itself imports.
+_ALLOWED_IMPORTS = {
+    ("math", None),
+    ("torch", None),
+    ("torch.nn", "nn"),
+    ("torch.nn.functional", "F"),
+}
+
+# Tolerances. The comparison is |out - target| <= atol + rtol * |target| (torch.isclose). For
+# every case the generator measures how far each correct float32 answer of the corpus (and
+# the reference solution itself) lands from the exact answer (the reference computed in
+# float64, which is also the stored target), and sets
+#     atol = max(declared atol, SAFETY_FACTOR x the largest atol any of them needs),
+# rounded up to 1, 2 or 5 times a power of ten; rtol stays the declared one. Answers other
+# students write can be a few times less precise than the ones measured, so the factor
+# is 10; the known mistakes stay at least MISTAKE_MARGIN tolerances away (checked below).
+# Measured with torch 2.14 (python -m instructor.reference_data prints the table; the
+# numbers are max abs errors against the exact answer, public / hidden data):
+#   1.1 SelfAttention, 10 variants + the reference: within 5.5e-06 / 5.2e-06 on every case
+#       (max rel 1.8e-04); with rtol 1e-3 none needs more than the declared atol 1e-05.
+#   1.2 LayerNorm, 8 variants + the reference: the stable formulas within 7.7e-07 / 7.4e-07
+#       on cases 1, 2, 4, 5 (atol stays 1e-06) and 5.8e-06 / 7.3e-06 on the hard case 3;
+#       E[x^2] - mean^2 loses 2.6e-04 / 2.7e-04 there, so case 3 has atol 5e-03 and
+#       strict_atol 1e-04 (its note names the cancellation).
+# A case where a PRECISION_NOTE variant needs more than the others (their tolerance is kept
+# as "strict_atol") passes between the two with that note.
+SAFETY_FACTOR = 10.0
+MISTAKE_MARGIN = 30.0  # a stored mistake is at least this many tolerances from the target
+MISTAKES_DISTINCT = 10.0  # ... and this many from every other mistake stored on that case
+
+
+class Variant:
+    """One correct answer of the corpus (see VARIANTS_DIR)."""
+
+    def __init__(self, exercise, path):
+        self.exercise, self.path = exercise, path
+        self.name = os.path.splitext(os.path.basename(path))[0]
+        text = open(path, encoding="utf-8").read()
+        tree = ast.parse(text, filename=path)
+        self.precision_note = ""
+        functions = []
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names = {(a.name, a.asname) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(f"{node.module}.{a.name}", a.asname) for a in node.names}
+            elif isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "PRECISION_NOTE":
+                self.precision_note = ast.literal_eval(node.value)
+                continue
+            elif isinstance(node, ast.FunctionDef):
+                functions.append(node)
+                continue
+            else:
+                continue
+            if not names <= _ALLOWED_IMPORTS:
+                raise ValueError(f"{path}:{node.lineno}: transformer_utils.py does not import that")
+        if [f.name for f in functions] != ["forward"]:
+            raise ValueError(f"{path}: define exactly one function, forward(self, ...)")
+        body = functions[0].body[1:] if ast.get_docstring(functions[0]) else functions[0].body
+        lines = text.splitlines(keepends=True)[body[0].lineno - 1 : functions[0].end_lineno]
+        self.body = textwrap.dedent("".join(lines))
+
+    def source(self, reference_source=None):
+        """transformer_utils.py with this answer in place of the reference solution."""
+        from instructor.release import find_regions
+
+        source = reference_source or open(tu.__file__, encoding="utf-8").read()
+        regions = [
+            r for r in find_regions(source, "transformer_utils.py") if r.exercise == self.exercise
+        ]
+        if len(regions) != 1:
+            raise ValueError(f"{self.exercise}: a variant replaces exactly one solution region")
+        lines = source.splitlines(keepends=True)
+        r = regions[0]
+        lines[r.begin - 1 : r.end] = [textwrap.indent(self.body, r.indent)]
+        return "".join(lines)
+
+    def module(self):
+        """The variant's transformer_utils, as a module object (nothing written to disk)."""
+        module = types.ModuleType("transformer_utils")
+        module.__file__ = self.path
+        exec(compile(self.source(), self.path, "exec"), module.__dict__)
+        return module
+
+
+def corpus(exercise_id):
+    """The correct answers of one exercise, sorted by name ([] when it has none)."""
+    folder = os.path.join(VARIANTS_DIR, exercise_id)
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+    return [Variant(exercise_id, os.path.join(folder, n)) for n in names]
+
+
+def _self_attention64(case_input):
+    sd = case_input["weight"]
+    model = tu.SelfAttention(
+        sd["W_query.weight"].shape[1],
+        *(sd[f"W_{n}.weight"].shape[0] for n in ("query", "key", "value")),
+    ).double()
+    model.load_state_dict({k: v.double() for k, v in sd.items()})
+    return model(case_input["x"].double())
+
+
+def _layer_norm64(case_input):
+    norm = tu.LayerNorm(case_input["x"].shape[-1])
+    norm.w = torch.nn.Parameter(case_input["w"].double())
+    norm.b = torch.nn.Parameter(case_input["b"].double())
+    return norm(case_input["x"].double())
+
+
+# The reference solution in float64: "the exact answer" of an exercise with a corpus.
+EXACT = {"self_attention": _self_attention64, "layer_norm": _layer_norm64}
+
+
+def _exact(exercise_id, case_input):
+    with torch.no_grad():
+        return EXACT[exercise_id](case_input).detach()
+
+
+def _exact_target(exercise_id, case_input):
+    """The stored target: the float64 answer rounded once to float32."""
+    return _exact(exercise_id, case_input).float()
+
+
+def _round_up(value):
+    """Smallest 1, 2 or 5 times a power of ten that is >= value (tolerances stay readable,
+    and do not move when a new torch changes the measured errors by a few percent)."""
+    if value <= 0:
+        return 0.0
+    exponent = math.floor(math.log10(value))
+    for mantissa in (1, 2, 5, 10):
+        candidate = float(f"{mantissa}e{exponent}")
+        if candidate >= value * (1 - 1e-12):
+            return candidate
+    raise AssertionError(value)
+
+
+def _significant(value, digits=2):
+    return float(f"{value:.{digits - 1}e}")
+
+
+def measure_spread(exercise_id, cases):
+    """Error of every correct float32 answer (corpus + reference) on every case.
+
+    Returns one dict per case: variant name -> {"max_abs", "max_rel", "need"}, where need is
+    the atol that answer needs with the declared rtol.
+    """
+    rtol = test_functions.EXERCISES[exercise_id]["rtol"]
+    answers = [("reference", tu, "")] + [
+        (v.name, v.module(), v.precision_note) for v in corpus(exercise_id)
+    ]
+    spread = [{} for _ in cases]
+    for name, module, note in answers:
+        for i, case in enumerate(cases):
+            torch.manual_seed(0)
+            with test_functions.forbidden_ops(exercise_id):
+                out = test_functions.RUNNERS[exercise_id](module, case["input"])
+            exact = _exact(exercise_id, case["input"])
+            if out.dtype != torch.float32 or out.shape != exact.shape:
+                raise RuntimeError(
+                    f"{exercise_id} variant {name}: float32 {tuple(exact.shape)} expected"
+                )
+            err = (out.double() - exact).abs()
+            big = exact.abs() >= 1e-3 * exact.abs().max()  # relative error where it means something
+            spread[i][name] = {
+                "max_abs": err.max().item(),
+                "max_rel": (err[big] / exact.abs()[big]).max().item(),
+                "need": (err - rtol * exact.abs()).clamp_min(0).max().item(),
+                "note": note,
+            }
+    return spread
+
+
+def derive_tolerances(exercise_id, cases):
+    """Per-case tolerances (see SAFETY_FACTOR), with the measurement they come from."""
+    info = test_functions.EXERCISES[exercise_id]
+    rtol, floor = info["rtol"], info["atol"]
+    records = []
+    if exercise_id not in EXACT:  # no corpus: the declared tolerance
+        return [{"rtol": rtol, "atol": floor, "strict_atol": None, "note": "", "spread": {}}
+                for _ in cases]  # fmt: skip
+    for per_variant in measure_spread(exercise_id, cases):
+        stable = max(m["need"] for m in per_variant.values() if not m["note"])
+        strict = max(floor, _round_up(SAFETY_FACTOR * stable))
+        imprecise = {n: m for n, m in per_variant.items() if m["note"] and m["need"] > strict}
+        atol, strict_atol, note = strict, None, ""
+        if imprecise:
+            worst = max(m["need"] for m in imprecise.values())
+            atol, strict_atol = max(strict, _round_up(SAFETY_FACTOR * worst)), strict
+            note = "; ".join(sorted({m["note"] for m in imprecise.values()}))
+        records.append(
+            {
+                "rtol": rtol,
+                "atol": atol,
+                "strict_atol": strict_atol,
+                "note": note,
+                "spread": {
+                    n: {
+                        "max_abs": _significant(m["max_abs"]),
+                        "max_rel": _significant(m["max_rel"]),
+                    }
+                    for n, m in sorted(per_variant.items())
+                },
+            }
+        )
+    return records
+
+
+# ---------------------------------------------------------------------------
 # 1.1 SelfAttention
 # ---------------------------------------------------------------------------
 
 
-def _self_attention_variant(x, sd, scale="sqrt", softmax_dim=2, kq=False, softmax=True):
-    q = x @ sd["W_query.weight"].t() + sd["W_query.bias"]
-    k = x @ sd["W_key.weight"].t() + sd["W_key.bias"]
-    v = x @ sd["W_value.weight"].t() + sd["W_value.bias"]
+def _self_attention_variant(
+    x,
+    sd,
+    scale="sqrt",
+    softmax_dim=2,
+    kq=False,
+    softmax=True,
+    bias=True,
+    scale_after=False,
+    whole_batch=False,
+    key_weights="W_key",
+    transpose_weights=False,
+):
+    def project(name, inp):
+        out = inp @ sd[f"{name}.weight"].t()
+        return out + sd[f"{name}.bias"] if bias else out
+
+    B, T, _ = x.shape
+    inp = x.reshape(1, B * T, -1) if whole_batch else x
+    q, k, v = project("W_query", inp), project(key_weights, inp), project("W_value", inp)
     scores = k @ q.transpose(1, 2) if kq else q @ k.transpose(1, 2)
-    dq, dv = q.shape[-1], v.shape[-1]
-    scores = scores / {"sqrt": math.sqrt(dq), "none": 1.0, "dim": dq, "value": math.sqrt(dv)}[scale]
+    dq, dv, din = q.shape[-1], v.shape[-1], x.shape[-1]
+    divisor = {
+        "sqrt": math.sqrt(dq),
+        "none": 1.0,
+        "dim": dq,
+        "value": math.sqrt(dv),
+        "input": math.sqrt(din),
+        "multiply": 1 / math.sqrt(dq),
+    }[scale]
+    if not scale_after:
+        scores = scores / divisor
     weights = scores.softmax(dim=softmax_dim) if softmax else scores
-    return weights @ v
+    if scale_after:
+        weights = weights / divisor
+    if transpose_weights:
+        weights = weights.transpose(1, 2)
+    return (weights @ v).reshape(B, T, -1)
+
+
+def self_attention_mistakes(x, state):
+    """Outputs of the typical wrong SelfAttention implementations on one case."""
+    v = functools.partial(_self_attention_variant, x, state)
+    return {
+        "the scores are not scaled: divide Q K^T by sqrt(query_dim)": v(scale="none"),
+        "the scores are divided by query_dim instead of sqrt(query_dim)": v(scale="dim"),
+        "the scores are scaled by sqrt(value_dim) instead of sqrt(query_dim)": v(scale="value"),
+        "the scores are scaled by sqrt(input_dim) instead of sqrt(query_dim)": v(scale="input"),
+        "the scores are multiplied by sqrt(query_dim): divide by it": v(scale="multiply"),
+        "the scale is applied after the softmax: divide the scores by sqrt(query_dim) "
+        "before the softmax": v(scale_after=True),
+        "softmax over the wrong dimension: normalise over the keys (dim 2), not the queries "
+        "(dim 1)": v(softmax_dim=1),
+        "softmax over the batch (dim 0): normalise each query's scores over the keys (dim 2)": v(
+            softmax_dim=0
+        ),
+        "K Q^T computed instead of Q K^T (the attention matrix is transposed)": v(kq=True),
+        "the attention weights are transposed before multiplying by V: use weights @ V": v(
+            transpose_weights=True
+        ),
+        "the softmax is missing": v(softmax=False),
+        "the biases of the projections are left out: use self.W_query(x) (weight and bias), "
+        "not x @ W^T alone": v(bias=False),
+        "the keys are projected with W_query: K = self.W_key(x)": v(key_weights="W_query"),
+        "tokens attend across the whole batch (B*T tokens at once): each image's tokens attend "
+        "only to the same image, so keep the batch dim in the products (torch.bmm or @ on "
+        "(B, T, D))": v(whole_batch=True),
+    }
 
 
 def make_self_attention(seed, hidden):
@@ -121,29 +411,9 @@ def make_self_attention(seed, hidden):
         model = tu.SelfAttention(Din, Dq, Dq, Dv)
         state = _random_state(model, gen, scale=2.0)
         x = _randn(gen, B, T, Din)
-        with torch.no_grad():
-            target = model(x)
-        cases.append({"input": {"x": x, "weight": state}, "target": target})
-        mistakes.append(
-            {
-                "the scores are not scaled: divide Q K^T by sqrt(query_dim)": _self_attention_variant(
-                    x, state, scale="none"
-                ),
-                "the scores are divided by query_dim instead of sqrt(query_dim)": _self_attention_variant(
-                    x, state, scale="dim"
-                ),
-                "the scores are scaled by sqrt(value_dim) instead of sqrt(query_dim)": _self_attention_variant(
-                    x, state, scale="value"
-                ),
-                "softmax over the wrong dimension: normalise over the keys (dim 2), not the queries (dim 1)": _self_attention_variant(
-                    x, state, softmax_dim=1
-                ),
-                "K Q^T computed instead of Q K^T (the attention matrix is transposed)": _self_attention_variant(
-                    x, state, kq=True
-                ),
-                "the softmax is missing": _self_attention_variant(x, state, softmax=False),
-            }
-        )
+        case_input = {"x": x, "weight": state}
+        cases.append({"input": case_input, "target": _exact_target("self_attention", case_input)})
+        mistakes.append(self_attention_mistakes(x, state))
     return cases, mistakes
 
 
@@ -153,13 +423,71 @@ def make_self_attention(seed, hidden):
 
 
 def _layer_norm_variant(
-    x, w, b, eps=1e-5, unbiased=False, eps_outside=False, dims=(-1,), affine=True
+    x,
+    w,
+    b,
+    eps=1e-5,
+    unbiased=False,
+    eps_outside=False,
+    dims=(-1,),
+    affine=True,
+    kind="ok",
 ):
+    if kind == "affine_first":
+        x, affine = x * w + b, False
     mean = x.mean(dim=dims, keepdim=True)
     var = x.var(dim=dims, keepdim=True, unbiased=unbiased)
     std = torch.sqrt(var) + eps if eps_outside else torch.sqrt(var + eps)
-    x_hat = (x - mean) / std
+    if kind == "divide_var":
+        std = var + eps
+    elif kind == "sqrt_std":
+        std = torch.sqrt(torch.sqrt(var) + eps)
+    elif kind == "rms":
+        mean, std = 0.0, torch.sqrt((x**2).mean(dim=dims, keepdim=True) + eps)
+    x_hat = (x if kind == "no_centre" else x - mean) / std
+    if kind == "bias_first":
+        return (x_hat + b) * w
     return x_hat * w + b if affine else x_hat
+
+
+def layer_norm_mistakes(x, w, b):
+    """Outputs of the typical wrong LayerNorm implementations on one case."""
+    v = functools.partial(_layer_norm_variant, x, w, b)
+    return {
+        "unbiased variance (divides by C - 1): use the biased variance, unbiased=False": v(
+            unbiased=True
+        ),
+        "eps outside the square root: use sqrt(var + eps), not sqrt(var) + eps": v(
+            eps_outside=True
+        ),
+        "eps is missing: use sqrt(var + eps)": v(eps=0.0),
+        "wrong normalisation dimension: mean and variance must be over the channels (last "
+        "dim), not the tokens (dim 1)": v(dims=(1,)),
+        "normalised over all of (T, C): normalise each token separately over its channels": v(
+            dims=(1, 2)
+        ),
+        "statistics over the batch (dim 0), as BatchNorm: take the mean and variance of each "
+        "token over its own channels (dim -1)": v(dims=(0,)),
+        "per-channel statistics over every token of the batch (dims 0 and 1), as BatchNorm: "
+        "take them over the channels of each token (dim -1)": v(dims=(0, 1)),
+        "the affine parameters are forgotten: multiply by self.w and add self.b": v(affine=False),
+        "w and b are swapped": _layer_norm_variant(x, b, w),
+        "divided by the variance: divide by the standard deviation sqrt(var + eps)": v(
+            kind="divide_var"
+        ),
+        "the square root is taken twice (sqrt(std + eps)): divide by sqrt(var + eps)": v(
+            kind="sqrt_std"
+        ),
+        "the mean is not subtracted: normalise x - mean, not x": v(kind="no_centre"),
+        "RMSNorm instead of LayerNorm (x / sqrt(mean(x^2) + eps)): subtract the mean and "
+        "divide by sqrt(var + eps)": v(kind="rms"),
+        "the bias is added before the scale ((x_hat + b) * w): compute x_hat * w + b": v(
+            kind="bias_first"
+        ),
+        "w and b are applied before normalising: normalise first, then x_hat * w + b": v(
+            kind="affine_first"
+        ),
+    }
 
 
 def make_layer_norm(seed, hidden):
@@ -167,9 +495,11 @@ def make_layer_norm(seed, hidden):
         shapes = [(16, 9, 24), (4, 20, 24), (16, 5, 48), (8, 11, 24), (6, 7, 40)]
     else:
         shapes = [(32, 12, 16), (8, 18, 16), (32, 6, 32), (16, 10, 16), (8, 12, 32)]
-    # Cases 4 and 5 have a tiny variance (where eps matters) and a large offset.
+    # Case 3 is hard on purpose: its mean is about 20 times its spread, so a correct
+    # E[x^2] - mean^2 loses digits there (and gets full marks with a note). Cases 4 and 5
+    # have a tiny variance, where eps matters.
     scales = [1.0, 3.0, 0.5, 1e-3, 2e-3]
-    offsets = [0.0, 1.0, -2.0, 0.0, 0.0]
+    offsets = [0.0, 1.0, -10.0, 0.0, 0.0]
     cases, mistakes = [], []
     for i, (shape, scale, offset) in enumerate(zip(shapes, scales, offsets)):
         gen = _gen(seed + i)
@@ -177,32 +507,9 @@ def make_layer_norm(seed, hidden):
         x = _randn(gen, *shape, scale=scale) + offset
         w = 1.0 + _randn(gen, C, scale=0.5)
         b = _randn(gen, C, scale=0.5)
-        norm = tu.LayerNorm(C)
-        norm.w, norm.b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone())
-        with torch.no_grad():
-            target = norm(x)
-        cases.append({"input": {"x": x, "w": w, "b": b}, "target": target})
-        mistakes.append(
-            {
-                "unbiased variance (divides by C - 1): use the biased variance, unbiased=False": _layer_norm_variant(
-                    x, w, b, unbiased=True
-                ),
-                "eps outside the square root: use sqrt(var + eps), not sqrt(var) + eps": _layer_norm_variant(
-                    x, w, b, eps_outside=True
-                ),
-                "eps is missing: use sqrt(var + eps)": _layer_norm_variant(x, w, b, eps=0.0),
-                "wrong normalisation dimension: mean and variance must be over the channels (last dim), not the tokens (dim 1)": _layer_norm_variant(
-                    x, w, b, dims=(1,)
-                ),
-                "normalised over all of (T, C): normalise each token separately over its channels": _layer_norm_variant(
-                    x, w, b, dims=(1, 2)
-                ),
-                "the affine parameters are forgotten: multiply by self.w and add self.b": _layer_norm_variant(
-                    x, w, b, affine=False
-                ),
-                "w and b are swapped": _layer_norm_variant(x, b, w),
-            }
-        )
+        case_input = {"x": x, "w": w, "b": b}
+        cases.append({"input": case_input, "target": _exact_target("layer_norm", case_input)})
+        mistakes.append(layer_norm_mistakes(x, w, b))
     return cases, mistakes
 
 
@@ -928,33 +1235,76 @@ MAKERS = {
 # ---------------------------------------------------------------------------
 
 
-def _check(exercise_id, cases, mistakes):
-    """The student runners must reproduce the targets; mistakes must be distinguishable."""
-    info = test_functions.EXERCISES[exercise_id]
-    rtol, atol = info["rtol"], info["atol"]
-    kept, diagnosed = [], set()
-    for i, (case, wrong) in enumerate(zip(cases, mistakes)):
+def _check(exercise_id, cases, mistakes, grading):
+    """The runners must reproduce the targets; every mistake is stored where it shows.
+
+    Each mistake is kept in the first case where it is at least MISTAKE_MARGIN tolerances
+    from the target and MISTAKES_DISTINCT tolerances from every other mistake, so that an
+    answer that matches it is clearly wrong and cannot be taken for another mistake. Then
+    every stored mistake must be named by the student tests' own diagnosis.
+    """
+    units = test_functions.tolerance_units
+    tolerances = [(g["rtol"], g["atol"]) for g in grading["cases"]]
+    for i, case in enumerate(cases):
         torch.manual_seed(0)
         with test_functions.forbidden_ops(exercise_id):
             got = test_functions.RUNNERS[exercise_id](tu, case["input"])
-        problem = test_functions.explain_difference(got, case["target"], rtol, atol)
+        problem = test_functions.explain_difference(got, case["target"], *tolerances[i])
         if problem:
             raise RuntimeError(
                 f"{exercise_id} case {i}: the runner disagrees with the reference: {problem}"
             )
-        # Keep each mistake only in the first case where it fails the tolerance: a student
-        # with that mistake fails there first (and the files stay small).
-        visible = {
-            d: out
-            for d, out in wrong.items()
-            if d not in diagnosed and not test_functions._matches(out, case["target"], rtol, atol)
-        }
-        diagnosed.update(visible)
-        kept.append(visible)
-    missing = set().union(*mistakes) - diagnosed
-    if missing:
-        raise RuntimeError(f"{exercise_id}: these mistakes are never visible: {sorted(missing)}")
+    kept = [{} for _ in cases]
+    descriptions = list(dict.fromkeys(d for per_case in mistakes for d in per_case))
+    for description in descriptions:
+        for i, case in enumerate(cases):
+            if description not in mistakes[i]:
+                continue
+            out = mistakes[i][description]
+            others = [o for d, o in mistakes[i].items() if d != description]
+            if units(out, case["target"], *tolerances[i]) >= MISTAKE_MARGIN and all(
+                units(out, o, *tolerances[i]) >= MISTAKES_DISTINCT for o in others
+            ):
+                kept[i][description] = out
+                break
+        else:
+            raise RuntimeError(f"{exercise_id}: the mistake {description!r} is never visible")
+    targets = [c["target"] for c in cases]
+    for description in descriptions:
+        outputs = [m.get(description) for m in mistakes]
+        named = test_functions.known_mistake(outputs, targets, kept, tolerances)
+        if named != description:
+            raise RuntimeError(f"{exercise_id}: {description!r} is diagnosed as {named!r}")
     return kept
+
+
+def roles(assignment_path=None):
+    """exercise id -> "graded", "practice" or "given", from instructor/assignment.yml."""
+    from autograder.assignment import load_assignment
+
+    assignment = load_assignment(
+        assignment_path or os.path.join(ROOT, "instructor", "assignment.yml")
+    )
+    role = {i: "given" for i in MAKERS}
+    role.update({i: "practice" for i in assignment.practice_exercises})
+    role.update({i: "graded" for i in assignment.student_exercises})
+    return role
+
+
+def grading_record(exercise_id, cases, role, split):
+    """``<id>_grading.pkl``: the exercise's role and the tolerance of each case, with the
+    measured errors of the correct answers it was derived from (plain Python values)."""
+    info = test_functions.EXERCISES[exercise_id]
+    return {
+        "exercise": exercise_id,
+        "number": info["number"],
+        "role": role,
+        "split": split,
+        "declared": {"rtol": info["rtol"], "atol": info["atol"]},
+        "safety_factor": SAFETY_FACTOR,
+        "variants": [v.name for v in corpus(exercise_id)],
+        "cases": derive_tolerances(exercise_id, cases),
+    }
 
 
 class _RawBytes:
@@ -1021,18 +1371,52 @@ def generate(out_dir=None, split="public", exercises=None):
 
 def _generate(out_dir, split, exercises):
     written = []
+    role = roles()
     for offset, (exercise_id, make) in enumerate(MAKERS.items()):
         if exercises is not None and exercise_id not in exercises:
             continue
         cases, mistakes = make(SEEDS[split] + 100 * offset, split == "hidden")
         cases, mistakes = _clean(cases), _clean(mistakes)
-        mistakes = _check(exercise_id, cases, mistakes)
-        for name, obj in ((f"{exercise_id}.pkl", cases), (f"{exercise_id}_mistakes.pkl", mistakes)):
+        grading = grading_record(exercise_id, cases, role[exercise_id], split)
+        mistakes = _check(exercise_id, cases, mistakes, grading)
+        for name, obj in (
+            (f"{exercise_id}.pkl", cases),
+            (f"{exercise_id}_mistakes.pkl", mistakes),
+            (f"{exercise_id}_grading.pkl", grading),
+        ):
             path = os.path.join(out_dir, name)
-            with open(path, "wb") as f:
+            with open(path + ".tmp", "wb") as f:
                 f.write(_dumps(obj))
+            os.replace(path + ".tmp", path)
             written.append(path)
     return written
+
+
+def spread_table(out_dir):
+    """The measured spread and the chosen tolerances, one line per case (for the README)."""
+    lines = []
+    for exercise_id in EXACT:
+        path = os.path.join(out_dir, f"{exercise_id}_grading.pkl")
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            grading = pickle.load(f)
+        for i, case in enumerate(grading["cases"]):
+            worst = max(case["spread"].items(), key=lambda kv: kv[1]["max_abs"])
+            stable = [m for n, m in case["spread"].items() if n in _stable_names(exercise_id)]
+            lines.append(
+                f"{grading['number']:>4} {exercise_id:<15} case {i + 1}: "
+                f"stable max abs {max(m['max_abs'] for m in stable):.1e} "
+                f"rel {max(m['max_rel'] for m in stable):.1e}; "
+                f"worst {worst[0]} abs {worst[1]['max_abs']:.1e} rel {worst[1]['max_rel']:.1e}; "
+                f"rtol {case['rtol']:g} atol {case['atol']:g}"
+                + (f" (strict atol {case['strict_atol']:g}, with a note)" if case["note"] else "")
+            )
+    return "\n".join(lines)
+
+
+def _stable_names(exercise_id):
+    return {"reference"} | {v.name for v in corpus(exercise_id) if not v.precision_note}
 
 
 def main(argv=None):
@@ -1048,6 +1432,7 @@ def main(argv=None):
     for split in splits:
         for path in generate(args.out_dir, split):
             print(f"{os.path.getsize(path):>8} bytes  {os.path.relpath(path, ROOT)}")
+        print(spread_table(args.out_dir or OUT_DIRS[split]))
 
 
 if __name__ == "__main__":

@@ -117,6 +117,38 @@ def test_matching_mistake_names_it():
     )
 
 
+def test_a_mistake_is_named_only_when_close_to_it_and_far_from_the_reference():
+    target = {"c0": np.ones((2, 3), np.float32)}
+    near = {"eps outside the square root": {"c0": np.full((2, 3), 1 + 5e-5, np.float32)}}
+    almost = {"c0": np.full((2, 3), 1 + 4e-5, np.float32)}  # fails, but is no known mistake
+    assert compare.matching_mistake(almost, near, 1e-5, 1e-6, target) is None
+    far = {"unbiased variance": {"c0": np.full((2, 3), 1.5, np.float32)}}
+    assert compare.matching_mistake({"c0": far["unbiased variance"]["c0"] + 1e-6}, far, 1e-5,
+                                    1e-6, target) == "unbiased variance"  # fmt: skip
+    assert compare.matching_mistake(almost, far, 1e-5, 1e-6, target) is None
+
+
+def test_each_case_has_its_tolerance_and_a_hard_case_passes_with_a_note():
+    zeros = np.zeros((2, 3), np.float32)
+    targets, types = (
+        {"c0/out": zeros, "c1/out": zeros},
+        {"c0/out": "torch.Tensor", "c1/out": "torch.Tensor"},
+    )
+    tolerances = [
+        {"rtol": 0.0, "atol": 1e-6, "strict_atol": None, "note": ""},
+        {"rtol": 0.0, "atol": 1e-3, "strict_atol": 1e-5, "note": "cancellation in E[x^2] - mean^2"},
+    ]
+    outputs = {"c0/out": zeros, "c1/out": zeros + 1e-4}
+    passed, message = compare.grade_outputs(outputs, types, targets, {}, 0.0, 1e-6, tolerances)
+    assert passed and "case 2" in message and "A likely reason: cancellation" in message, message
+    passed, message = compare.grade_outputs({"c0/out": zeros, "c1/out": zeros}, types, targets,
+                                            {}, 0.0, 1e-6, tolerances)  # fmt: skip
+    assert passed and "Note" not in message
+    outputs = {"c0/out": zeros + 1e-4, "c1/out": zeros}
+    passed, message = compare.grade_outputs(outputs, types, targets, {}, 0.0, 1e-6, tolerances)
+    assert not passed and message.startswith("case 1, output out: wrong values"), message
+
+
 # ---------------------------------------------------------------- results.json
 def test_results_are_valid_json_even_with_nan(tmp_path):
     path = write_results(

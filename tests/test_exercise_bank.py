@@ -58,6 +58,8 @@ def load_module(source, tmp_path):
 def run_student_tests(module, monkeypatch, names=None):
     """Run test_functions.TestClass on `module`; return {test name: (status, message)}."""
     monkeypatch.setitem(sys.modules, "transformer_utils", module)
+    # these runs test modified copies: keep them out of the summary line printed at exit
+    monkeypatch.setattr(test_functions, "OUTCOMES", {})
     loader = unittest.defaultTestLoader
     if names is None:
         suite = loader.loadTestsFromTestCase(test_functions.TestClass)
@@ -104,18 +106,102 @@ def test_declarations_are_literals():
 # ---------------------------------------------------------------------------
 
 
+def _load_pickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def differences(fresh, committed, where="", rtol=1e-5, atol=1e-6):
+    """Where two reference-data objects differ by value (tensors: within rtol/atol, the rest
+    exactly); the measured errors in the grading records only within a factor of 4, since
+    they are the rounding errors of the torch that ran the generator."""
+    import torch
+
+    if isinstance(committed, torch.Tensor):
+        if not isinstance(fresh, torch.Tensor):
+            return [f"{where}: a tensor became {type(fresh).__name__}"]
+        if fresh.dtype != committed.dtype or fresh.shape != committed.shape:
+            return [f"{where}: {fresh.dtype} {tuple(fresh.shape)} vs {committed.dtype} "
+                    f"{tuple(committed.shape)}"]  # fmt: skip
+        if fresh.dtype == torch.bool or not fresh.is_floating_point():
+            return [] if torch.equal(fresh, committed) else [f"{where}: values differ"]
+        if torch.allclose(fresh, committed, rtol=rtol, atol=atol, equal_nan=True):
+            return []
+        return [f"{where}: max difference {(fresh - committed).abs().max().item():.3g}"]
+    if isinstance(committed, dict):
+        if not isinstance(fresh, dict) or list(fresh) != list(committed):
+            return [f"{where}: keys {list(committed)} became {list(fresh)[:20]}"]
+        found = []
+        for key in committed:
+            if key == "spread":  # measured rounding errors: same order of magnitude
+                found += _spread_differences(fresh[key], committed[key], f"{where}/spread")
+            else:
+                found += differences(fresh[key], committed[key], f"{where}/{key}", rtol, atol)
+        return found
+    if isinstance(committed, (list, tuple)):
+        if type(fresh) is not type(committed) or len(fresh) != len(committed):
+            return [f"{where}: a {type(committed).__name__} of {len(committed)} changed"]
+        return [d for i, (a, b) in enumerate(zip(fresh, committed))
+                for d in differences(a, b, f"{where}[{i}]", rtol, atol)]  # fmt: skip
+    return [] if fresh == committed else [f"{where}: {committed!r} became {fresh!r}"]
+
+
+def _spread_differences(fresh, committed, where):
+    if list(fresh) != list(committed):
+        return [f"{where}: variants {list(committed)} became {list(fresh)}"]
+    return [
+        f"{where}/{name}/{k}: {committed[name][k]:.2g} became {fresh[name][k]:.2g}"
+        for name in committed
+        for k in committed[name]
+        if not committed[name][k] / 4 <= fresh[name][k] <= committed[name][k] * 4
+    ]
+
+
 @pytest.mark.parametrize("split", ["public", "hidden"])
 def test_reference_data_is_reproducible(split, tmp_path):
-    committed = reference_data.OUT_DIRS[split]
+    """Regenerated data equals the committed data by value (not byte for byte: another torch
+    may round the last bit differently and pickles the same numbers in other bytes)."""
+    committed = Path(reference_data.OUT_DIRS[split])
     written = reference_data.generate(tmp_path, split)
-    assert len(written) == 2 * len(EXERCISE_IDS)
+    assert len(written) == 3 * len(EXERCISE_IDS)
     for path in written:
         name = Path(path).name
-        fresh = Path(path).read_bytes()
-        assert fresh == (Path(committed) / name).read_bytes(), (
-            f"{name} differs from the committed file: run `python -m instructor.reference_data`"
+        assert Path(path).stat().st_size < 512 * 1024, f"{name} is too large"
+        found = differences(_load_pickle(path), _load_pickle(committed / name), name)
+        assert not found, (
+            f"{name} differs from the committed file ({found[:3]}): "
+            "run `python -m instructor.reference_data`"
         )
-        assert len(fresh) < 512 * 1024, f"{name} is {len(fresh)} bytes"
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["seed", "target", "mistake", "tolerance"],
+)
+def test_a_changed_generator_fails_the_reproducibility_check(change, tmp_path, monkeypatch):
+    """The by-value comparison is tight enough to see a changed generator."""
+    committed = Path(reference_data.OUT_DIRS["public"])
+    make = reference_data.MAKERS["layer_norm"]
+
+    def changed(seed, hidden):
+        cases, mistakes = make(seed + (change == "seed"), hidden)
+        if change == "target":
+            cases[2]["target"] = cases[2]["target"] * (1 + 1e-4)
+        if change == "mistake":
+            key = next(iter(mistakes[0]))
+            mistakes[0][key] = mistakes[0][key] + 1e-3
+        return cases, mistakes
+
+    monkeypatch.setitem(reference_data.MAKERS, "layer_norm", changed)
+    if change == "tolerance":
+        monkeypatch.setattr(reference_data, "SAFETY_FACTOR", 100.0)
+    written = reference_data.generate(tmp_path, "public", exercises=["layer_norm"])
+    found = [
+        d
+        for path in written
+        for d in differences(_load_pickle(path), _load_pickle(committed / Path(path).name))
+    ]
+    assert found, f"changing the {change} went unnoticed"
 
 
 def test_public_and_hidden_data_differ():
@@ -193,12 +279,12 @@ def test_stubbing_one_exercise_fails_exactly_its_test(exercise_id, tmp_path, mon
 def test_every_stored_mistake_is_diagnosed_by_name():
     for exercise_id in EXERCISE_IDS:
         info = test_functions.EXERCISES[exercise_id]
-        cases, mistakes = test_functions._load_cases(info["data"])
+        cases, mistakes, grading = test_functions._load_cases(info["data"])
         seen = set()
-        for case, wrong in zip(cases, mistakes):
+        for case, wrong, tol in zip(cases, mistakes, grading["cases"]):
             for description, output in wrong.items():
                 message = test_functions.explain_difference(
-                    output, case["target"], info["rtol"], info["atol"], wrong
+                    output, case["target"], tol["rtol"], tol["atol"], wrong
                 )
                 assert message, f"{exercise_id}: '{description}' equals the target"
                 assert f"known mistake: {description}" in message, (exercise_id, message)
@@ -244,6 +330,90 @@ MISTAKES = [
         "weights = self.softmax(scores)",
         "weights = scores.softmax(dim=1)",
         "softmax over the wrong dimension",
+    ),
+    (
+        "self_attention",
+        "k.transpose(1, 2)) / math.sqrt(self.query_dim)",
+        "k.transpose(1, 2)) / math.sqrt(x.shape[-1])",
+        "scaled by sqrt(input_dim)",
+    ),
+    (
+        "self_attention",
+        "k.transpose(1, 2)) / math.sqrt(self.query_dim)",
+        "k.transpose(1, 2)) * math.sqrt(self.query_dim)",
+        "multiplied by sqrt(query_dim)",
+    ),
+    (
+        "self_attention",
+        "weights = self.softmax(scores)",
+        "weights = self.softmax(scores * math.sqrt(self.query_dim)) / math.sqrt(self.query_dim)",
+        "scale is applied after the softmax",
+    ),
+    (
+        "self_attention",
+        "weights = self.softmax(scores)",
+        "weights = scores.softmax(dim=0)",
+        "softmax over the batch",
+    ),  # fmt: skip
+    (
+        "self_attention",
+        "q = self.W_query(x)  # (B, T, Dq)\n        k = self.W_key(x)  # (B, T, Dq)\n        v = self.W_value(x)",
+        "q = x @ self.W_query.weight.T\n        k = x @ self.W_key.weight.T\n        v = x @ self.W_value.weight.T",
+        "biases of the projections are left out",
+    ),
+    (
+        "self_attention",
+        "k = self.W_key(x)",
+        "k = self.W_query(x)",
+        "keys are projected with W_query",
+    ),
+    (
+        "self_attention",
+        "return torch.bmm(weights, v)",
+        "return torch.bmm(weights.transpose(1, 2), v)",
+        "attention weights are transposed",
+    ),
+    (
+        "self_attention",
+        "q = self.W_query(x)  # (B, T, Dq)\n        k = self.W_key(x)  # (B, T, Dq)\n        v = self.W_value(x)  # (B, T, Dv)\n        scores = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(self.query_dim)  # (B, T, T)\n        weights = self.softmax(scores)  # (B, T, T), rows sum to 1\n        return torch.bmm(weights, v)",
+        "B, T, _ = x.shape\n        x = x.reshape(1, B * T, -1)\n        q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)\n        weights = self.softmax(torch.bmm(q, k.transpose(1, 2)) / math.sqrt(self.query_dim))\n        return torch.bmm(weights, v).reshape(B, T, -1)",
+        "attend across the whole batch",
+    ),
+    (
+        "layer_norm",
+        "x_hat = (x - mean) / torch.sqrt(var + self.eps)",
+        "x_hat = (x - mean) / (var + self.eps)",
+        "divided by the variance",
+    ),
+    (
+        "layer_norm",
+        "x_hat = (x - mean) / torch.sqrt(var + self.eps)",
+        "x_hat = x / torch.sqrt(var + self.eps)",
+        "the mean is not subtracted",
+    ),
+    (
+        "layer_norm",
+        "x_hat = (x - mean) / torch.sqrt(var + self.eps)",
+        "x_hat = x / torch.sqrt((x**2).mean(dim=-1, keepdim=True) + self.eps)",
+        "RMSNorm instead of LayerNorm",
+    ),
+    (
+        "layer_norm",
+        "return x_hat * self.w + self.b",
+        "return (x_hat + self.b) * self.w",
+        "bias is added before the scale",
+    ),
+    (
+        "layer_norm",
+        "torch.sqrt(var + self.eps)",
+        "torch.sqrt(torch.sqrt(var) + self.eps)",
+        "square root is taken twice",
+    ),
+    (
+        "layer_norm",
+        "mean = x.mean(dim=-1, keepdim=True)  # (B, T, 1)\n        var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)",
+        "mean = x.mean(dim=(0, 1), keepdim=True)\n        var = ((x - mean) ** 2).mean(dim=(0, 1), keepdim=True)",
+        "per-channel statistics over every token of the batch",
     ),
     (
         "multi_head_attention",
@@ -317,6 +487,67 @@ def test_known_mistake_is_named(exercise_id, old, new, diagnosis, tmp_path, monk
     assert "known mistake" in message and diagnosis in message, message
 
 
+# (exercise id, snippet of the reference, an edit that makes it raise, where it raises)
+CRASHES = [
+    ("self_attention", "torch.bmm(q, k.transpose(1, 2))", "torch.bmm(q, k.T)",
+     "case 1 of 5 [x (8, 10, 16)]"),
+    ("layer_norm", "mean = x.mean(dim=-1, keepdim=True)", "mean = x.mean(dim=-1)",
+     "case 1 of 5 [x (32, 12, 16), w (16,), b (16,)]"),
+    (
+        "multi_head_attention",  # a (B, T, S) mask used as it is: the wrong rank for (B, H, T, S)
+        "            if attn_mask.dim() == 3:\n                attn_mask = attn_mask[:, None]  # (B, 1, T, S), same mask for all heads\n",
+        "",
+        "case 3 of 4 [embed_dim=16, num_heads=4, query (3, 4, 16)",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:The use of `x.T`")
+@pytest.mark.parametrize(("exercise_id", "old", "new", "where"), CRASHES)
+def test_code_that_raises_names_the_case_and_the_line(
+    exercise_id, old, new, where, tmp_path, monkeypatch
+):
+    source = edit(SOURCE, old, new)
+    name = method_for(exercise_id)
+    status, message = run_student_tests(load_module(source, tmp_path), monkeypatch, [name])[name]
+    assert status == "fail", message
+    assert where in message and "your code raised an exception" in message, message
+    assert "RuntimeError: " in message, message
+    last = message.rstrip().splitlines()[-1]  # the student's line, not the harness's frames
+    line = int(re.search(r"^\s*at transformer_utils\.py:(\d+) in forward:", last).group(1))
+    assert source.splitlines()[line - 1].strip() in last
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "old", "new"),
+    [
+        ("layer_norm", "return x_hat * self.w + self.b", "return (x_hat * self.w + self.b) * (1 + 3e-5)"),
+        ("self_attention", "return torch.bmm(weights, v)", "return torch.bmm(weights, v) * (1 + 3e-3)"),
+    ],
+)  # fmt: skip
+def test_an_almost_right_answer_is_not_told_it_made_a_mistake(
+    exercise_id, old, new, tmp_path, monkeypatch
+):
+    name = method_for(exercise_id)
+    module = load_module(edit(SOURCE, old, new), tmp_path)
+    status, message = run_student_tests(module, monkeypatch, [name])[name]
+    assert status == "fail" and "wrong values" in message, message
+    assert "known mistake" not in message, message
+
+
+def test_a_correct_formula_that_loses_precision_passes_with_a_note(tmp_path, monkeypatch):
+    source = edit(
+        SOURCE,
+        "var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)",
+        "var = (x * x).mean(dim=-1, keepdim=True) - mean * mean",
+    )
+    monkeypatch.setitem(sys.modules, "transformer_utils", load_module(source, tmp_path))
+    monkeypatch.setattr(test_functions, "OUTCOMES", {})
+    with pytest.warns(test_functions.PrecisionNote, match="cancellation in E") as notes:
+        test_functions.TestClass(method_for("layer_norm")).test_layer_norm()
+    assert "passes (full marks)" in str(notes[0].message) and "case 3" in str(notes[0].message)
+
+
 FORBIDDEN = [
     (
         "layer_norm",
@@ -361,13 +592,51 @@ def test_forbidden_ops_allows_basic_ops():
             torch.nn.LayerNorm(4)(x)
 
 
-def test_handout_commands_work():
-    for command in (
-        [sys.executable, "-m", "unittest", "test_functions.TestClass.test_self_attention", "-v"],
-        [sys.executable, "-m", "unittest", "test_functions.TestClass.test_layer_norm", "-v"],
-    ):
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0 and "OK" in result.stderr, result.stderr
+def _in_exercise_order(names):
+    numbers = [test_functions.EXERCISES[n.removeprefix("test_")]["number"] for n in names]
+    assert len(numbers) == len(EXERCISE_IDS), names
+    return numbers == sorted(numbers, key=lambda n: tuple(map(int, n.split("."))))
+
+
+SUMMARY = re.compile(r"^graded exercises passed (\d+)/(\d+), practice passed (\d+)/(\d+)$")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "unittest", "test_functions.TestClass.test_layer_norm", "-v"],
+        ["-m", "unittest", "test_functions", "-v"],
+        ["-m", "pytest", "test_functions.py", "-v", "-p", "no:cacheprovider"],
+    ],
+    ids=["one-test", "unittest", "pytest"],
+)
+def test_handout_commands_run_in_exercise_order_and_end_with_the_summary(command):
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    output = result.stderr + result.stdout  # unittest reports on stderr; the summary is last
+    assert result.returncode == 0, output[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    if command[2] == "test_functions.TestClass.test_layer_norm":
+        assert "OK" in result.stderr and last == (
+            "graded exercises passed 1/2, practice passed 0/9 (10 not run)"
+        )
+        return
+    names = re.findall(r"(?:^|::)(test_\w+)(?: \(test_functions| PASSED)", output, re.M)
+    assert _in_exercise_order(names), names
+    assert SUMMARY.match(last).groups() == ("2", "2", "9", "9"), last
+
+
+def test_the_summary_counts_from_the_data_in_a_student_release(tmp_path, monkeypatch):
+    """A student release has no instructor/ folder: the roles come with test_data/."""
+    (tmp_path / "test_data").mkdir()
+    for path in (ROOT / "test_data").glob("*.pkl"):
+        (tmp_path / "test_data" / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(test_functions, "DATA_DIR", str(tmp_path / "test_data"))
+    outcomes = {"self_attention": True, "layer_norm": False, "conv2d": True}
+    line = test_functions.summary_line(outcomes)
+    assert line == "graded exercises passed 1/2, practice passed 1/9 (8 not run)"
+    monkeypatch.setattr(test_functions, "DATA_DIR", str(ROOT / "test_data"))
+    assert test_functions.summary_line(outcomes) == line  # the same from instructor/assignment.yml
 
 
 @pytest.mark.parametrize("pos_embedding", ["none", "learned1d", "learned2d", "sinusoidal"])
