@@ -1,6 +1,7 @@
 """report.py on real run folders: two flower runs and a PixMo run made by the demos themselves
 (tiny presets on small synthetic data, made once per module), plus edited copies of them."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -346,3 +347,111 @@ def test_command_line_errors_are_one_line(work, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse's own errors: one line too
         report.main(["curves", "runs/a"])  # --out forgotten
     assert exit_info.value.code == 2 and "--out" in one_line_error(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------- Question 4 (contract)
+
+
+class FakeScratchModel(torch.nn.Module):
+    """A Question 4 model as Q4_CONTRACT says: float images in [0, 1], attention maps,
+    ``patch_grid`` and ``learned_position_embeddings()``; here the kit's own small ViT."""
+
+    def __init__(self, pos_embedding):
+        super().__init__()
+        torch.manual_seed(0)
+        self.vit = transformer_utils.VisionTransformer(
+            img_size=16, patch_size=4, in_channels=1, num_classes=10, embed_dim=16, depth=2,
+            num_heads=2, pos_embedding=pos_embedding,
+        )  # fmt: skip
+        if pos_embedding == "learned1d":
+            torch.nn.init.normal_(self.vit.pos_embed.pos_embedding)
+        self.patch_grid = 4
+
+    def forward(self, x, return_attention=False):
+        return self.vit((x - 0.5) / 0.25, return_attention=return_attention)
+
+    def learned_position_embeddings(self):
+        if not isinstance(self.vit.pos_embed, transformer_utils.LearnedPositionalEncoding1D):
+            return None
+        return self.vit.pos_embed.pos_embedding[0].reshape(4, 4, -1)
+
+
+@pytest.fixture
+def fake_q4(tmp_path, monkeypatch):
+    """A fake demo_scratch module and a finished Question 4 run folder written by the contract."""
+    from dataclasses import dataclass
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    @dataclass
+    class ScratchConfig:
+        dataset: str = "fashion_mnist"
+        model: str = "vit"
+        patch_size: int = 4
+        pos_embedding: str = "learned1d"
+        epochs: int = 2
+
+    def load_run_model(run_dir, which="best"):
+        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        cfg = ScratchConfig(**config)
+        return cfg, FakeScratchModel(cfg.pos_embedding).eval()
+
+    def load_split(cfg, split, data_dir=None):
+        g = torch.Generator().manual_seed(1)
+        images = torch.randint(0, 256, (20, 1, 16, 16), dtype=torch.uint8, generator=g)
+        return images, torch.arange(20) % 10, True
+
+    fake = type(sys)("demo_scratch")
+    fake.ScratchConfig, fake.load_run_model, fake.load_split = (
+        ScratchConfig,
+        load_run_model,
+        load_split,
+    )
+    data = type(sys)("scratch_data")
+    data.CLASS_NAMES = {"fashion_mnist": [f"item {i}" for i in range(10)]}
+    monkeypatch.setitem(sys.modules, "demo_scratch", fake)
+    monkeypatch.setitem(sys.modules, "scratch_data", data)
+
+    def make(name, **changes):
+        run = tmp_path / name
+        run.mkdir()
+        config = dict(vars(ScratchConfig()), **changes)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        with SummaryWriter(run / "tensorboard") as writer:
+            for epoch, acc in ((1, 0.5), (2, 0.75)):
+                for tag in ("train_loss", "val_loss", "train_acc", "val_acc"):
+                    writer.add_scalar(tag, acc, epoch)
+            writer.add_scalar("test_acc", 0.7, 2)
+        summary = dict(synthetic=True, best_val_acc=0.75, best_epoch=2, test_acc=0.7,
+                       train_seconds=95.0, finished=True)  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+        return run
+
+    return make
+
+
+def test_question_4_runs_by_the_contract(fake_q4, tmp_path):
+    vit = fake_q4("vit")
+    maps = report.attention_maps(vit, images=2, rollout=True)
+    model = FakeScratchModel("learned1d").eval()
+    images, _, _ = sys.modules["demo_scratch"].load_split(None, "test")
+    _, attentions = model(images[:2].float() / 255, return_attention=True)
+    assert torch.allclose(maps["last_heads"], attentions[-1][:, :, 0, 1:].reshape(2, 2, 4, 4))
+    assert maps["class_names"][3] == "item 3" and maps["synthetic"]
+    assert report.main(["attention", "--run", str(vit), "--rollout", "--out", str(tmp_path / "a.png")]) == 0  # fmt: skip
+
+    emb = report.learned_position_embeddings(vit)
+    pe = model.learned_position_embeddings().detach()
+    cos = torch.nn.functional.cosine_similarity(pe[0, 1], pe[2, 3], dim=0)
+    assert torch.isclose(emb["similarity"][0, 1, 2, 3], cos, atol=1e-6)
+    with pytest.raises(UserError, match="nothing is learned"):
+        report.learned_position_embeddings(fake_q4("sin", pos_embedding="sinusoidal"))
+    with pytest.raises(UserError, match="not a transformer"):
+        report.attention_maps(fake_q4("cnn", model="cnn"))
+
+    rows = report.ablation_rows([report.open_run(vit)], report.open_run(fake_q4("base", epochs=1)))
+    assert rows[1].changes == [("epochs", "1", "2")]
+    assert (rows[1].test_acc, rows[1].synthetic, rows[1].seconds) == (0.7, True, 95.0)
+    assert rows[1].status == "finished"
+    assert report.main(["preview", "scratch", "--out", str(tmp_path / "p.png")]) == 0
+    assert_image(tmp_path / "p.png", report.PREVIEW_FIGSIZE)
