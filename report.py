@@ -57,6 +57,7 @@ NO_Q4 = "Question 4 (demo_scratch.py) is not in this kit"
 NOT_SETTINGS = ("exp_name",)
 # How many test images the rebuilt flower model must classify as the run did (test_flower.txt).
 CHECK_IMAGES = 16
+TIE_TOLERANCE = 0.05  # logit gap, in logit standard deviations, still counted as a tie
 
 
 # ====================================================================== run folders
@@ -608,16 +609,19 @@ def check_reproduced(run: Run, model, inputs, filename: str) -> str:
     path = run.path / filename
     if not path.is_file():
         return f"not checked against {filename} (the run has not written it yet)"
-    saved = [int(v) for v in path.read_text().split()][: len(inputs)]
+    saved = torch.tensor([int(v) for v in path.read_text().split()][: len(inputs)])
     with torch.no_grad():
-        preds = model(inputs).argmax(1).tolist()[: len(saved)]
-    agree = sum(p == s for p, s in zip(preds, saved))
-    # bf16 training on a GPU may flip a near-tie or two; a wrong backbone agrees by chance.
+        logits = model(inputs[: len(saved)]).float()  # (K, classes)
+    # A GPU run predicted under bf16 autocast: a near-tie may fall the other way here (on the
+    # smoke run, 3% of the test images, all within 0.02 logit std of the top). A class whose
+    # logit is that close to the top counts as agreeing; with a wrong backbone about 4% do.
+    gap = logits.max(1).values - logits.gather(1, saved[:, None])[:, 0]
+    agree = int((gap <= TIE_TOLERANCE * logits.std(1)).sum())
     if agree < 0.9 * len(saved):
         raise UserError(
             f"the model rebuilt from {run.path} predicts only {agree} of {len(saved)} test "
             f"images as its {filename} does: its frozen backbone cannot be reproduced here "
-            "(other weights or another torch version), so no maps are drawn"
+            "(other weights or another torch version), so nothing is drawn"
         )
     return f"checked: {agree} of {len(saved)} test predictions agree with {filename}"
 
@@ -818,15 +822,15 @@ def draw_attention(maps: dict, out: str) -> Path:
         ax.set_title(f"test image {i + 1}\nclass {truth}, predicted {guess}", fontsize=8)
         for h in range(heads):
             top[1 + h].axis("on")
-            mappable = _overlay(top[1 + h], image, maps["last_heads"][i, h], f"last layer, head {h + 1}")  # fmt: skip
+            mappable = _overlay(top[1 + h], image, maps["last_heads"][i, h], f"head {h + 1}")  # fmt: skip
         top[heads + 1].axis("on")
-        _overlay(top[heads + 1], image, maps["last_mean"][i], "last layer, mean of heads")
+        _overlay(top[heads + 1], image, maps["last_mean"][i], "mean of heads")
         if maps["rollout"] is not None:
             bottom[0].axis("on")
-            _overlay(bottom[0], image, maps["rollout"][i], "attention rollout")
+            _overlay(bottom[0], image, maps["rollout"][i], "rollout")
         for layer in range(layers):
             bottom[1 + layer].axis("on")
-            _overlay(bottom[1 + layer], image, maps["layer_means"][i, layer], f"layer {layer + 1}, mean of heads")  # fmt: skip
+            _overlay(bottom[1 + layer], image, maps["layer_means"][i, layer], f"layer {layer + 1}")  # fmt: skip
     fig.colorbar(
         mappable,
         ax=axes,
@@ -839,7 +843,12 @@ def draw_attention(maps: dict, out: str) -> Path:
         f"[CLS]-to-patch attention of run {run.name} ({maps['grid']}x{maps['grid']} patches"
         f"{prompts}; test images)" + (", SYNTHETIC DATA" if maps["synthetic"] else "")
     )
-    fig.suptitle(_wrap(fig, title + ". " + maps["note"], 10), fontsize=10)
+    rows = (
+        "First row of each image: every head of the last layer, and their mean. Second row: "
+        + ("the attention rollout, then " if maps["rollout"] is not None else "")
+        + "the mean over the heads of each layer."
+    )
+    fig.suptitle(_wrap(fig, f"{title}. {rows}\n{maps['note']}", 10), fontsize=10)
     return save_figure(fig, out)
 
 
