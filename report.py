@@ -490,6 +490,7 @@ class VitRun:
     num_prompts: int  # prompt tokens between CLS and the patches (VPT), else 0
     grid: int  # patches per side
     note: str  # where the weights came from, for the figure and the terminal
+    cfg: Any = None  # the run's config object (FlowerConfig or ScratchConfig)
 
 
 def _flower_config(run: Run):
@@ -644,7 +645,7 @@ def load_vit_run(run: Run, data_dir: str | None = None, check: bool | None = Tru
                 f"{run.path} trained a '{cfg.model}', not a transformer; give a vit or diff_vit run"
             )
         model.eval()
-        return VitRun(run, model, 0, int(model.patch_grid), "every weight from best.pt")
+        return VitRun(run, model, 0, int(model.patch_grid), "every weight from best.pt", cfg)
     model, cfg, note = _build_flower_vit(run)
     if check is None and not Path(data_dir or cfg.data_dir).is_dir():
         note += "; not checked against test_flower.txt (no data folder: pass --data_dir)"
@@ -653,7 +654,7 @@ def load_vit_run(run: Run, data_dir: str | None = None, check: bool | None = Tru
         images, _ = _flower_test_images(folder, cfg, CHECK_IMAGES)
         note += "; " + check_reproduced(run, model, _flower_inputs(images), "test_flower.txt")
     prompts = model.prompts.shape[1] if hasattr(model, "prompts") else 0
-    return VitRun(run, model, prompts, cfg.image_size // model.backbone.patch_size, note)
+    return VitRun(run, model, prompts, cfg.image_size // model.backbone.patch_size, note, cfg)
 
 
 # ====================================================================== attention maps
@@ -715,13 +716,13 @@ def attention_maps(
         demo_scratch = _demo_scratch()
         import scratch_data
 
-        cfg, _ = demo_scratch.load_run_model(run.path)
+        cfg = vit.cfg
         pixels, labels, synthetic = demo_scratch.load_split(cfg, "test", data_dir)
         pixels, labels = pixels[:images], labels[:images]
         inputs = pixels.float() / 255.0  # Question 4 models normalise inside
         class_names = scratch_data.CLASS_NAMES.get(cfg.dataset)
     else:
-        cfg = _flower_config(run)
+        cfg = vit.cfg
         pixels, labels = _flower_test_images(_flower_data_dir(run, cfg, data_dir), cfg, images)
         inputs = _flower_inputs(pixels)
         synthetic = run.synthetic
@@ -990,6 +991,9 @@ def preview_examples(dataset: str, data_dir: str | None = None, scratch_dataset:
     import scratch_data
 
     cfg = demo_scratch.ScratchConfig()
+    if scratch_dataset and scratch_dataset not in scratch_data.CLASS_NAMES:
+        known = ", ".join(sorted(scratch_data.CLASS_NAMES))
+        raise UserError(f"--dataset {scratch_dataset} is unknown; choose one of {known}")
     if scratch_dataset:
         cfg = dataclasses.replace(cfg, dataset=scratch_dataset)
     images, labels, synthetic = demo_scratch.load_split(cfg, "train", data_dir)
