@@ -6,6 +6,8 @@
     python benchmarks/bench_pixmo_pipeline.py --tiny          # CPU check that it runs (default
                                                               # without a GPU)
 
+--synthetic_dir DIR keeps the generated data for the next run; --json PATH writes the summary.
+
 Both sides train the same model from the same initial weights with the pixmo_demo recipe
 (the point-blind baseline ``PixMoModel``: ResNet-34 with layer4 trainable, 2x2 tokens, 2-layer
 encoder; Adam lr 3e-4, batch 16, 20 epochs, validation every epoch).
@@ -147,11 +149,20 @@ def run_original(data: dict, cfg: PixmoConfig, device, workers: int, epochs: int
     return run_original_loop(model, train, val, opt, epochs, device, lambda b: ((b[0], b[2]), b[1]))
 
 
-def load_data(data_dir, tiny: bool, tmp: str) -> tuple[dict, str]:
+def load_data(data_dir, tiny: bool, tmp: str, synthetic_dir=None) -> tuple[dict, str]:
+    """The train and val examples and where they came from: ``data_dir``, or synthetic data
+    generated into ``synthetic_dir`` (reused when it holds the same generation) or ``tmp``."""
     if data_dir is None:
         sizes, sides = ((64, 32, 8), (60, 120)) if tiny else ((2500, 500, 500), (300, 700))
-        data_dir = Path(tmp) / "pixmo_data"
-        synthetic_pixmo.generate(data_dir, sizes, *sides, seed=0, log=print)
+        data_dir = Path(synthetic_dir or Path(tmp) / "pixmo_data")
+        info = synthetic_pixmo.read_info(data_dir)
+        if info == synthetic_pixmo.generation_info(sizes, *sides, seed=0):
+            print(f"reusing the synthetic PixMo data in {data_dir}")
+        elif info is None and any(data_dir.glob("*_data.pkl")):
+            sys.exit(f"error: {data_dir} holds data not made by synthetic_pixmo.py; give it as "
+                     "--data_dir, or choose an empty --synthetic_dir")  # fmt: skip
+        else:
+            synthetic_pixmo.generate(data_dir, sizes, *sides, seed=0, log=print)
         source = f"SYNTHETIC {sizes[0]}/{sizes[1]} images of {sides[0]}-{sides[1]} px"
     else:
         source = str(data_dir)
@@ -171,7 +182,7 @@ def main(argv=None):
     epochs = args.epochs or (1 if tiny else 20)
     cfg = recipe(epochs, tiny)
     with tempfile.TemporaryDirectory() as tmp:
-        data, source = load_data(args.data_dir, tiny, tmp)
+        data, source = load_data(args.data_dir, tiny, tmp, args.synthetic_dir)
     print(
         f"device {device}; pixmo_demo recipe, {epochs} epochs, {len(data['train'])} train / "
         f"{len(data['val'])} val images ({source}); {cfg.image_size} px inputs"

@@ -3,6 +3,7 @@
     python benchmarks/bench_vit_step.py                 # GPU: batch 128, bf16, eager + compile
     python benchmarks/bench_vit_step.py --tiny          # CPU check that the code runs (default
                                                         # when no GPU): a tiny ViT, batch 8
+    python benchmarks/bench_vit_step.py --json out.json # also write the figures to a file
 
 Both models get the same weights and the same step: 10 prompts per layer inserted after the
 CLS token (deep: replaced before every layer), frozen backbone in eval mode, SGD on prompts
@@ -32,6 +33,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training_utils import atomic_write_text  # noqa: E402
 from vision_transformer import ENCODER_SPECS, build_vit  # noqa: E402
 
 
@@ -153,6 +155,7 @@ def main(argv=None):
     )
     parser.add_argument("--modes", default="eager,compile", help="comma list: eager,compile")
     parser.add_argument("--channels_last", action="store_true", help="channels_last inputs")
+    parser.add_argument("--json", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,14 +194,23 @@ def main(argv=None):
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    ratios = {}
     for mode in args.modes.split(","):
         a, b = results.get(f"ours/{mode}"), results.get(f"torchvision/{mode}")
         if a and b:
-            line = f"ratio ours/torchvision ({mode}): speed {a['img_per_s'] / b['img_per_s']:.2f}x"
+            ratios[mode] = {"speed": a["img_per_s"] / b["img_per_s"], "peak_memory": None}
+            line = f"ratio ours/torchvision ({mode}): speed {ratios[mode]['speed']:.2f}x"
             if a["peak_bytes"]:
-                line += f", peak memory {a['peak_bytes'] / b['peak_bytes']:.2f}x"
+                ratios[mode]["peak_memory"] = a["peak_bytes"] / b["peak_bytes"]
+                line += f", peak memory {ratios[mode]['peak_memory']:.2f}x"
             print(line)
-    print(json.dumps({"device": str(device), "tiny": tiny, "batch": batch, "results": results}))
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
+    summary = {"device": str(device), "gpu": gpu, "tiny": tiny, "batch": batch, "steps": steps,
+               "bf16": bf16, "results": results, "ratios": ratios}  # fmt: skip
+    print(json.dumps(summary))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 if __name__ == "__main__":

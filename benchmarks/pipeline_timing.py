@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser, full_epochs: int, workers: in
     parser.add_argument("--only", choices=["both", "ours", "original"], default="both")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")
     parser.add_argument("--compile_mode", default="default", help="e.g. reduce-overhead")
+    parser.add_argument(
+        "--synthetic_dir",
+        default=None,
+        help="keep the generated synthetic data here and reuse it when it matches "
+        "(default: a temporary folder, generated again every run)",
+    )
+    parser.add_argument("--json", default=None, help="also write the summary to this file")
 
 
 def fit_ours(model, train, val, train_config, device, start: float, prep_seconds: float) -> dict:
@@ -119,13 +126,13 @@ def run_and_report(
     if args.only in ("both", "original"):
         original = run_original(min(args.original_epochs or epochs, epochs))
         results["original"] = dict(original, workers=args.workers)
-    report(results, epochs, target, summary)
+    report(results, epochs, target, summary, args.json)
     return results
 
 
-def report(results: dict, epochs: int, target: str, summary: dict) -> None:
+def report(results: dict, epochs: int, target: str, summary: dict, json_path=None) -> None:
     """Print both sides, the per-epoch speed-up (and projection, if the original ran fewer
-    epochs), then one JSON line with everything."""
+    epochs), then one JSON line with everything (also written to ``json_path`` if given)."""
     ours, original = results.get("ours"), results.get("original")
     if ours:
         print(
@@ -147,4 +154,9 @@ def report(results: dict, epochs: int, target: str, summary: dict) -> None:
         results["speedup_per_epoch"] = ratio
         print(f"speed-up ours vs original, per epoch: {ratio:.1f}x ({target})")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(json.dumps({**summary, "load_avg_1min": load, "results": results}))
+    line = json.dumps({**summary, "load_avg_1min": load, "results": results})
+    print(line)
+    if json_path:
+        from training_utils import atomic_write_text
+
+        atomic_write_text(json_path, line + "\n")

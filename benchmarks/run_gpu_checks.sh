@@ -1,7 +1,16 @@
 #!/bin/bash
-# Every GPU measurement that issues #4 and #5 ask for, in parts that each fit a 10-minute
-# slot on one H100. Logs (and each benchmark's JSON line) go to LOG_DIR (default
-# gpu-checks/, or $OUT on the course's device machine).
+# Every GPU measurement that issues #4, #5 and #14 ask for. `quick` runs every CUDA path once
+# (smoke presets with bf16 + compile, torchrun, NCCL/DDP, resume after SIGTERM, short forms of
+# the benchmarks) in at most 7 minutes on one H100/H200 and writes ONE JSON summary,
+# gpu_checks.json (see benchmarks/gpu_checks.py; its flags follow `quick`):
+#
+#   bash benchmarks/run_gpu_checks.sh quick            # GPU: $OUT/ or gpu-checks/quick-<time>/
+#   bash benchmarks/run_gpu_checks.sh quick --cpu      # the same on the CPU, tiny sizes (CI)
+#   bash benchmarks/run_gpu_checks.sh quick --parts bench_vit_step,resume_flower
+#
+# The other modes are the full measurements, in parts that each fit a 10-minute slot on one
+# H100. Logs (and each benchmark's JSON line) go to LOG_DIR (default gpu-checks/, or $OUT on
+# the course's device machine).
 #
 #   bash benchmarks/run_gpu_checks.sh speed      # ViT step (eager + compile), PixMo pipeline
 #   bash benchmarks/run_gpu_checks.sh flower     # vit_vpt_deep pipeline, 100 epochs vs original
@@ -12,10 +21,14 @@
 # a random backbone and say so; their accuracies are then on SYNTHETIC data only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}" # python3 alone on some images
+export PYTHONUNBUFFERED=1 # progress reaches the log as it happens
+if [ "${1:-}" = quick ]; then
+  shift
+  exec "$PYTHON" benchmarks/gpu_checks.py "$@"
+fi
 LOG_DIR="${LOG_DIR:-${OUT:-gpu-checks}}"
 mkdir -p "$LOG_DIR"
-PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
-export PYTHONUNBUFFERED=1 # progress reaches the log as it happens
 
 FAILED=()
 run() { # run NAME COMMAND...: output to the terminal and LOG_DIR/NAME.log; a failure is
@@ -62,7 +75,7 @@ case "${1:-}" in
   accuracy) accuracy ;;
   all) speed && flower && accuracy ;;
   *)
-    echo "usage: bash benchmarks/run_gpu_checks.sh speed|flower|accuracy|all" >&2
+    echo "usage: bash benchmarks/run_gpu_checks.sh quick [--cpu] [--parts A,B]|speed|flower|accuracy|all" >&2
     exit 2
     ;;
 esac
