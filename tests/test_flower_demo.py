@@ -89,8 +89,10 @@ def test_flower_smoke_end_to_end(tmp_path):
     assert synthetic, "predictions of a synthetic run must be marked (the grader refuses them)"
     assert len(preds) == synthetic_flowers.REAL_COUNTS["test"]
     assert all(0 <= p < 102 for p in preds)
-    said = [line for line in result.stdout.splitlines() if "test_flower.txt" in line]
-    assert len(said) == 1 and "SYNTHETIC DATA, do not upload" in said[0], said
+    said = [line for line in result.stdout.splitlines() if " predictions to " in line]
+    assert len(said) == 1 and said[0].split(" predictions to ")[1].startswith(
+        "runs/flower_smoke/test_flower.txt: SYNTHETIC DATA, do not upload"
+    ), said
     best = torch.load(run / "best.pt", weights_only=False)
     assert best["val_acc"] > 5 / 102, "the smoke run should learn the synthetic flowers"
     assert (tmp_path / "synthetic-data" / "flower-dataset-reduced" / "train_data.pkl").is_file()

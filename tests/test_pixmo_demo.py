@@ -118,8 +118,10 @@ def test_preempted_run_exits_75_and_resumes(tmp_path):
     assert f"resumed from run/checkpoint.pt at {where}\n" in resumed.stdout  # the same place
     preds, synthetic = read_predictions(tmp_path / "run" / "test_pixmo.txt")
     assert synthetic and len(preds) == 16
-    said = [line for line in resumed.stdout.splitlines() if "test_pixmo.txt" in line]
-    assert len(said) == 1 and "SYNTHETIC DATA, do not upload" in said[0], said
+    said = [line for line in resumed.stdout.splitlines() if " predictions to " in line]
+    assert len(said) == 1 and said[0].split(" predictions to ")[1].startswith(
+        "run/test_pixmo.txt: SYNTHETIC DATA, do not upload"
+    ), said
 
 
 @pytest.fixture(scope="module")
