@@ -148,9 +148,11 @@ kit_run() {
   local restarts="${SLURM_RESTART_COUNT:-0}"
   local checkpoint="$OUTPUT_DIR/checkpoint.pt"
   [ -n "$data_dir" ] && args+=(--data_dir "$data_dir")
-  # Resume only a requeued job (or when asked), and only from a real checkpoint: a fresh
-  # submission into an existing run folder must fail rather than silently continue it.
-  if { [ "$restarts" -gt 0 ] || [ "${RESUME:-0}" = 1 ]; } && [ -f "$checkpoint" ]; then
+  # Resume only a requeued job (or when asked), and only a folder that holds a run: a fresh
+  # submission into an existing run folder must fail rather than silently continue it. A run
+  # stopped before its first checkpoint (config.yaml only) resumes from step 0.
+  if { [ "$restarts" -gt 0 ] || [ "${RESUME:-0}" = 1 ]; } &&
+    { [ -f "$checkpoint" ] || [ -f "$OUTPUT_DIR/config.yaml" ]; }; then
     args+=(--resume)
   fi
 

@@ -2,9 +2,12 @@
 
 Both demos take the same flags (``--exp_name --output_dir --data_dir --weights --resume
 --config``), read a preset from their section of config.yml, fall back to generated
-synthetic data only when the DEFAULT data folder is missing, and open a run directory by
-the same rules (an existing run needs ``--resume``; nothing is written before every input
-has been checked). What differs between the demos (data, model) stays in the demo.
+synthetic data only when ``--data_dir`` is NOT given and the default data folder is missing
+(a ``--data_dir`` that does not exist is an error, even when it names the default folder),
+say where the real data comes from (``data_sources:`` in config.yml, set by the course
+staff), and open a run directory by the same rules (an existing run needs ``--resume``;
+nothing is written before every input has been checked). What differs between the demos
+(data, model) stays in the demo.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Callable, TypeVar
 import torch.distributed as dist
 from absl import flags
 
-from experiment_config import ConfigError, load_preset
+from experiment_config import ConfigError, load_preset, read_data_sources
 from training_utils import (
     DistContext,
     UserError,
@@ -72,6 +75,32 @@ def output_dir() -> Path:
     return out
 
 
+def data_source(name: str) -> str:
+    """Where the real data set ``name`` ("flowers", "pixmo", ...) comes from: the
+    ``data_sources:`` entry of the kit's config.yml (a URL or a path)."""
+    try:
+        sources = read_data_sources()
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    return sources.get(name) or "ask your course staff"
+
+
+def synthetic_banner(banner: str, name: str, default_dir: str) -> str:
+    """``banner`` (a synthetic data set's warning, framed by rules of '=') with a line that
+    says where the real data comes from and where to put it."""
+    lines = banner.splitlines()
+    where = f"Real data: {data_source(name)} (put it in {default_dir}/ or pass --data_dir)."
+    return "\n".join(lines[:-1] + [where] + lines[-1:])
+
+
+def data_dir_flag_given() -> bool:
+    """Whether --data_dir was on the command line (absl flags), whatever its value."""
+    try:
+        return FLAGS["data_dir"].present > 0
+    except KeyError:  # flags not declared: called from a notebook or a test
+        return False
+
+
 def resolve_data_dir(
     data_dir: str,
     default_dir: str,
@@ -80,23 +109,34 @@ def resolve_data_dir(
     banner: str,
     is_ready: Callable[[Path], bool],
     generate: Callable[[Path], None],
+    *,
+    explicit: bool | None = None,
+    source: str | None = None,
 ) -> tuple[Path, bool]:
     """The data folder to read, and whether it is synthetic.
 
-    A folder that exists is used as it is. A missing folder is an error, except the default
-    one: then synthetic data is generated into ``synthetic_dir`` (never into the real
-    data's place) unless ``is_ready(synthetic_dir)``, by rank 0 while the others wait.
+    A folder that exists is used as it is. A missing folder that was asked for
+    (``explicit``: default, --data_dir on the command line, or a preset's data_dir other
+    than ``default_dir``) is an error, also when it names ``default_dir``: a typo or a
+    data set not copied yet must not turn into a silent synthetic run. Only when nothing
+    asked for a folder is synthetic data generated into ``synthetic_dir`` (never into the
+    real data's place) unless ``is_ready(synthetic_dir)``, by rank 0 while the others wait.
+    ``source`` (where the real data comes from) goes into the error message.
     """
     path = Path(data_dir)
+    if explicit is None:
+        explicit = data_dir_flag_given() or path != Path(default_dir)
     if path.exists():
         if not path.is_dir():
             raise UserError(
                 f"--data_dir {path} is a file; give the folder holding train/val/test_data.pkl"
             )
         return path, False
-    if path != Path(default_dir):
+    if explicit:
+        real = f" (the real data: {source})" if source else ""
         raise UserError(
-            f"--data_dir {path} does not exist; check the path (or omit it for synthetic data)"
+            f"--data_dir {path} does not exist; give the folder that holds "
+            f"train/val/test_data.pkl{real}, or omit --data_dir for synthetic data"
         )
     print(banner, flush=True)
     synth = Path(synthetic_dir)

@@ -4,15 +4,18 @@
     python demo_flower.py --exp_name flower_smoke            # a quick CPU check of everything
 
 Flags: ``--exp_name`` (a preset of config.yml), ``--output_dir`` (default runs/<exp_name>),
-``--data_dir`` (default flower-dataset-reduced), ``--weights`` (ViT-B/32 ImageNet weights;
-default torchvision's cache, then a download), ``--resume`` (continue checkpoint.pt),
-``--config`` (another presets file, e.g. for tests; default config.yml).
+``--data_dir`` (default flower-dataset-reduced; only when the flag is absent and that folder
+is missing, SYNTHETIC flowers are generated into synthetic-data/ and the run says so),
+``--weights`` (ViT-B/32 ImageNet weights; default torchvision's cache, then a download),
+``--resume`` (continue the run in --output_dir), ``--config`` (another presets file, e.g.
+for tests; default config.yml).
 Multi-GPU: ``torchrun --nproc_per_node 4 demo_flower.py ...`` (or one srun task per GPU).
 
 The run directory receives config.yaml, train.log, tensorboard/, checkpoint.pt (every
 epoch), best.pt (best validation accuracy) and test_flower.txt (predictions of best.pt).
-Exit status: 0 done, 1 bad input (one-line message), 75 preempted by SIGTERM/SIGUSR1 after
-writing checkpoint.pt (rerun with --resume; the sbatch scripts requeue on 75).
+Exit status: 0 done, 1 bad input (one-line message), 75 stopped by SIGTERM/SIGUSR1/Ctrl-C
+after writing checkpoint.pt (it prints the command to continue, with --resume; the sbatch
+scripts requeue on 75), 130 a second Ctrl-C (quit without saving).
 """
 
 from __future__ import annotations
@@ -90,6 +93,11 @@ class FlowerConfig:
     checkpoint_every: int = 1  # epochs between checkpoint.pt writes (a stop always writes one)
 
 
+def banner() -> str:
+    """The synthetic-data warning, with where the real data comes from."""
+    return demo_cli.synthetic_banner(synthetic_flowers.BANNER, "flowers", DEFAULT_DATA_DIR)
+
+
 def flower_data_dir(cfg: FlowerConfig, ctx) -> tuple[Path, bool]:
     """The data folder to read, and whether it is synthetic (generated here if needed)."""
     return demo_cli.resolve_data_dir(
@@ -97,7 +105,8 @@ def flower_data_dir(cfg: FlowerConfig, ctx) -> tuple[Path, bool]:
         DEFAULT_DATA_DIR,
         SYNTHETIC_DATA_DIR,
         ctx,
-        synthetic_flowers.BANNER,
+        banner(),
+        source=demo_cli.data_source("flowers"),
         is_ready=lambda d: all(flower_split_path(d, s).is_file() for s in FLOWER_SPLITS),
         generate=lambda d: synthetic_flowers.generate(d, seed=0),
     )
@@ -141,7 +150,7 @@ def train(cfg: FlowerConfig) -> None:
         notes = []  # messages from model building, logged once train.log exists
         model = build_model(cfg, notes.append).to(ctx.device)  # before anything is written
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # but different dropout on each process
-        log = demo_cli.open_run(out, resolved, ctx, synthetic_flowers.BANNER if synthetic else None)
+        log = demo_cli.open_run(out, resolved, ctx, banner() if synthetic else None)
         for note in notes:
             log.warning(note)
         channels_last = cfg.channels_last and ctx.device.type == "cuda"
@@ -181,7 +190,9 @@ def train(cfg: FlowerConfig) -> None:
             resume=FLAGS.resume,
             logger=log,
         )
-        _, preds = fit_and_predict(trainer, test_src, "test_flower.txt", cfg.precision)
+        _, preds = fit_and_predict(
+            trainer, test_src, "test_flower.txt", cfg.precision, synthetic=synthetic
+        )
         if ctx.is_main:
             if synthetic:
                 labels = test_src.labels.cpu()

@@ -5,15 +5,17 @@
     python demo_pixmo.py --exp_name pixmo_smoke      # a quick CPU check of everything
 
 Flags: ``--exp_name`` (a preset of config.yml, section ``pixmo``), ``--output_dir`` (default
-runs/<exp_name>), ``--data_dir`` (default pixmo_data; when that default folder is missing, a
-SYNTHETIC set is generated into synthetic-data/pixmo_data and the run says so loudly),
+runs/<exp_name>), ``--data_dir`` (default pixmo_data; only when the flag is absent and that
+folder is missing, a SYNTHETIC set is generated into synthetic-data/pixmo_data and the run
+says so loudly),
 ``--weights`` (ResNet-34 ImageNet state dict; default torchvision's cache, then a download),
 ``--resume`` (continue checkpoint.pt). Multi-GPU: ``torchrun --nproc_per_node 4 demo_pixmo.py``.
 
 The run directory receives config.yaml, train.log, tensorboard/, checkpoint.pt (every
 epoch), best.pt (best validation accuracy) and test_pixmo.txt (predictions of best.pt, one
 class per line in test-set order). Exit status: 0 done, 1 bad input (one-line message),
-75 preempted by SIGTERM/SIGUSR1 after writing checkpoint.pt (rerun with --resume).
+75 stopped by SIGTERM/SIGUSR1/Ctrl-C after writing checkpoint.pt (it prints the command to
+continue, with --resume), 130 a second Ctrl-C (quit without saving).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class PixmoConfig:
     flip_p: float = 0.5
     max_train_images: int = 0  # 0 = all; reduced runs use fewer
     max_val_images: int = 0
-    # synthetic data (used only when the default data folder is missing)
+    # synthetic data (used only without --data_dir, when the default data folder is missing)
     synthetic_sizes: list[int] = field(default_factory=lambda: [2500, 500, 500])
     synthetic_min_side: int = 300
     synthetic_max_side: int = 700
@@ -108,6 +110,11 @@ class PixmoConfig:
     checkpoint_every: int = 1  # epochs between checkpoint.pt writes (a stop always writes one)
 
 
+def banner() -> str:
+    """The synthetic-data warning, with where the real data comes from."""
+    return demo_cli.synthetic_banner(synthetic_pixmo.BANNER, "pixmo", DEFAULT_DATA_DIR)
+
+
 def pixmo_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
     """The data folder to read, and whether it is synthetic (generated here if needed)."""
     if len(cfg.synthetic_sizes) != 3:
@@ -119,7 +126,8 @@ def pixmo_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
         DEFAULT_DATA_DIR,
         SYNTHETIC_DATA_DIR,
         ctx,
-        synthetic_pixmo.BANNER,
+        banner(),
+        source=demo_cli.data_source("pixmo"),
         is_ready=lambda d: synthetic_pixmo.read_info(d) == wanted,
         generate=lambda d: synthetic_pixmo.generate(d, sizes, *sides, seed=0),
     )
@@ -234,7 +242,7 @@ def train(cfg: PixmoConfig) -> None:
         model_messages = []
         model, pretrained = build_model(cfg, model_messages.append)
         resolved = dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
-        log = demo_cli.open_run(out, resolved, ctx, synthetic_pixmo.BANNER if synthetic else None)
+        log = demo_cli.open_run(out, resolved, ctx, banner() if synthetic else None)
         sizes = ", ".join(f"{len(d)} {s}" for s, d in splits.items())
         log.info(
             f"data {data_dir}: {sizes}; padded to squares of {cfg.image_size} px once "
@@ -271,7 +279,9 @@ def train(cfg: PixmoConfig) -> None:
             resume=FLAGS.resume,
             logger=log,
         )
-        _, preds = fit_and_predict(trainer, test_src, "test_pixmo.txt", cfg.precision)
+        _, preds = fit_and_predict(
+            trainer, test_src, "test_pixmo.txt", cfg.precision, synthetic=synthetic
+        )
         if ctx.is_main:
             if synthetic:
                 acc = synthetic_test_accuracy(data_dir, preds)

@@ -49,6 +49,23 @@ def load_preset(section: str, preset: str, defaults: type[T], path: str | Path |
 
 def read_presets(path: Path, section: str) -> dict[str, Any]:
     """The mapping of preset name -> overrides for one section of a YAML file."""
+    data = _read_yaml(path)
+    if not isinstance(data.get(section), dict):
+        raise ConfigError(f"{path} has no '{section}:' section of presets")
+    return data[section]
+
+
+def read_data_sources(path: str | Path | None = None) -> dict[str, str]:
+    """The ``data_sources:`` section of config.yml: data set name -> where to get it (a URL
+    or a path, set by the course staff), shown when a demo does not find its data."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    sources = _read_yaml(path).get("data_sources") or {}
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise ConfigError(f"data_sources in {path} must map each data set to a text")
+    return sources
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -56,12 +73,26 @@ def read_presets(path: Path, section: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        at = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"{path}{at} is not valid YAML; fix the syntax") from None
-    if not isinstance(data, dict) or not isinstance(data.get(section), dict):
-        raise ConfigError(f"{path} has no '{section}:' section of presets")
-    return data[section]
+        raise ConfigError(yaml_error_line(path, err)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (flower:, pixmo:, ...)")
+    return data
+
+
+def yaml_error_line(path: str | Path, err: yaml.YAMLError) -> str:
+    """One line naming the place YAML reports and YAML's own reason, e.g.
+    ``config.yml line 12, column 9 is not valid YAML: mapping values are not allowed here;
+    fix the syntax there``."""
+    mark = getattr(err, "problem_mark", None)
+    at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    context_mark = getattr(err, "context_mark", None)
+    if context and context_mark is not None and mark is not None:
+        if context_mark.line != mark.line:
+            context += f" at line {context_mark.line + 1}"
+    why = f"{reason} ({context})" if context else reason
+    return f"{path}{at} is not valid YAML: {why}; fix the syntax there"
 
 
 def apply_overrides(config: T, overrides: dict[str, Any], where: str = "overrides") -> T:

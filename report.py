@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from training_utils import BEST_FILE, CONFIG_FILE, LOG_FILE, UserError
+from training_utils import BEST_FILE, CONFIG_FILE, LOG_FILE, UserError, read_predictions
 
 DPI = 150  # PNG resolution: sharp when printed at the figure's size
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -610,7 +610,7 @@ def check_reproduced(run: Run, model, inputs, filename: str) -> str:
     path = run.path / filename
     if not path.is_file():
         return f"not checked against {filename} (the run has not written it yet)"
-    saved = torch.tensor([int(v) for v in path.read_text().split()][: len(inputs)])
+    saved = torch.tensor(read_predictions(path)[0][: len(inputs)])  # skips a synthetic marker
     with torch.no_grad():
         logits = model(inputs[: len(saved)]).float()  # (K, classes)
     # A GPU run predicted under bf16 autocast: a near-tie may fall the other way here (on the

@@ -33,7 +33,8 @@ _RULE = "=" * 78
 BANNER = (
     f"{_RULE}\n"
     "SYNTHETIC DATA: the real flower dataset was not found, so these are GENERATED flowers\n"
-    "in the real file format. Accuracies measured on them say NOTHING about real flowers.\n"
+    "in the real file format. Accuracies measured on them say NOTHING about real flowers,\n"
+    "and the run's test_flower.txt is marked synthetic: the grader refuses it.\n"
     f"{_RULE}"
 )
 

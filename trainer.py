@@ -25,9 +25,11 @@ accuracy (correct / count summed over all processes); TensorBoard scalars ``lr``
 (best validation accuracy) and ``checkpoint.pt`` every epoch (or every
 ``checkpoint_every`` epochs), both written atomically;
 ``resume=True`` continues from ``checkpoint.pt`` exactly (model, optimizer, scheduler,
-epoch and step, RNG states of every process, batch-source seed); SIGTERM or SIGUSR1 ->
-finish the current step, write the checkpoint, raise ``training_utils.Preempted`` (the
-demos exit with status 75 so Slurm requeues the job).
+epoch and step, RNG states of every process, batch-source seed), and a run folder that
+has only config.yaml (stopped before its first checkpoint) starts again from step 0;
+SIGTERM, SIGUSR1 or a first Ctrl-C -> finish the current step, write the checkpoint, raise
+``training_utils.Preempted`` (the demos exit with status 75 so Slurm requeues the job).
+"Stopped at" and "resumed from" name the same position in the same words (``position``).
 
 Example (what demo_flower.py does)::
 
@@ -56,6 +58,7 @@ from tqdm import tqdm
 from training_utils import (
     BEST_FILE,
     CHECKPOINT_FILE,
+    CONFIG_FILE,
     BackgroundSaver,
     DistContext,
     Preempted,
@@ -277,6 +280,23 @@ class Trainer:
             return False
         return _all_reduce([float(stop)], self.ctx)[0] > 0
 
+    def position(self, epoch: int, step_in_epoch: int) -> str:
+        """Where training stands, in the words both "stopped" and "resumed" messages use:
+        ``epoch`` counts the finished epochs and ``step_in_epoch`` the steps done of the
+        next one (how checkpoints store it); epochs are shown 1-based, like the progress
+        bar and the log."""
+        if step_in_epoch == 0:
+            if epoch == 0:
+                return f"the start (epoch 1 of {self.config.epochs}, no step done)"
+            return f"the end of epoch {epoch} of {self.config.epochs}"
+        steps = len(self.train_source)
+        return f"epoch {epoch + 1} of {self.config.epochs}, step {step_in_epoch} of {steps}"
+
+    def _stop_now(self, epoch: int, step_in_epoch: int) -> None:
+        where = self.position(epoch, step_in_epoch)
+        self.log.warning(f"stop requested: {CHECKPOINT_FILE} written at {where}")
+        raise Preempted(f"{CHECKPOINT_FILE} written at {where}")
+
     # ---------------------------------------------------------------- checkpoints
 
     def _rng_states(self) -> list:
@@ -333,7 +353,8 @@ class Trainer:
             )
             set_rng_state(rng[0])
         self.log.info(
-            f"resumed from {self.run_dir / CHECKPOINT_FILE}: epoch {self.epoch}, step {self.step_in_epoch}"
+            f"resumed from {self.run_dir / CHECKPOINT_FILE} at "
+            f"{self.position(self.epoch, self.step_in_epoch)}"
         )
 
     # ---------------------------------------------------------------- loops
@@ -390,17 +411,23 @@ class Trainer:
             if step + 1 < len(self.train_source) and self._should_stop(step + 1):
                 bar.close()
                 self.save_checkpoint(epoch, step + 1, totals.tolist())
-                raise Preempted(
-                    f"checkpoint written at epoch {epoch + 1}, step {step + 1}; rerun with --resume"
-                )
+                self.saver.wait()  # on disk before the message says so
+                self._stop_now(epoch, step + 1)
         bar.close()
         loss_sum, correct, count = _all_reduce(totals.tolist(), self.ctx)
         return loss_sum / max(count, 1), correct / max(count, 1)
 
     def fit(self) -> dict:
         """Train for ``config.epochs`` epochs (or what is left of them when resuming)."""
-        if self.resume:
+        if self.resume and (self.run_dir / CHECKPOINT_FILE).is_file():
             self.load_checkpoint()
+        elif self.resume:
+            # Stopped before its first checkpoint (Ctrl-C twice, a crash, a node failure):
+            # nothing to restore, so this is the same run started again.
+            self.log.info(
+                f"no {CHECKPOINT_FILE} in {self.run_dir} yet (the run stopped before its first "
+                f"checkpoint): starting from step 0 with the saved settings ({CONFIG_FILE})"
+            )
         writer = None
         if self.ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -462,7 +489,8 @@ class Trainer:
                 self.save_checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0])
             self.epoch = epoch + 1
             if stop:
-                raise Preempted(f"checkpoint written after epoch {epoch + 1}; rerun with --resume")
+                self.saver.wait()
+                self._stop_now(epoch + 1, 0)
 
 
 # ====================================================================== inference
@@ -483,21 +511,36 @@ def predict(model: nn.Module, source, precision: str = "auto") -> list[int]:
 
 
 def inference(
-    model: nn.Module, test_source, path: str | Path, precision: str = "auto"
+    model: nn.Module,
+    test_source,
+    path: str | Path,
+    precision: str = "auto",
+    synthetic: bool = False,
 ) -> list[int]:
     """Predict the test set and write ``path`` (e.g. test_flower.txt): one class per line,
-    in test-set order, written atomically. Returns the predictions."""
+    in test-set order, written atomically; with ``synthetic`` the file starts with
+    ``training_utils.SYNTHETIC_MARKER`` (the grader refuses it). Returns the predictions."""
     preds = predict(model, test_source, precision)
-    write_predictions(path, preds)
+    write_predictions(path, preds, synthetic=synthetic)
     return preds
 
 
-def fit_and_predict(trainer: Trainer, test_source, filename: str, precision: str = "auto"):
+def fit_and_predict(
+    trainer: Trainer,
+    test_source,
+    filename: str,
+    precision: str = "auto",
+    synthetic: bool | None = None,
+):
     """Train, then predict the test set with the best model (by validation accuracy).
 
-    Writes ``<run_dir>/<filename>`` atomically on rank 0. Returns ``(fit result, predictions)``;
-    the predictions are None on the other ranks.
+    Writes ``<run_dir>/<filename>`` atomically on rank 0. ``synthetic`` (default: the
+    ``synthetic_data`` entry of the trainer's ``full_config``) marks the file as made from
+    synthetic data, and the message that names it says so. Returns ``(fit result,
+    predictions)``; the predictions are None on the other ranks.
     """
+    if synthetic is None:
+        synthetic = bool(trainer.full_config.get("synthetic_data", False))
     result = trainer.fit()
     if not trainer.ctx.is_main:
         return result, None
@@ -506,9 +549,13 @@ def fit_and_predict(trainer: Trainer, test_source, filename: str, precision: str
         trainer.run_dir / BEST_FILE, map_location=trainer.ctx.device, weights_only=False
     )
     load_trainable_state(trainer.model, best["model"])
-    preds = inference(trainer.model, test_source, path, precision)
-    trainer.log.info(
-        f"best val acc {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
-        f"wrote {len(preds)} predictions to {path}"
-    )
+    preds = inference(trainer.model, test_source, path, precision, synthetic=synthetic)
+    best_line = f"best val acc {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
+    if synthetic:
+        trainer.log.warning(
+            best_line + f"wrote {len(preds)} predictions to {path}: SYNTHETIC DATA, do not "
+            "upload (the grader refuses it); train on the real data for the file to upload"
+        )
+    else:
+        trainer.log.info(best_line + f"wrote {len(preds)} predictions to {path}")
     return result, preds

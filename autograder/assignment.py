@@ -44,6 +44,7 @@ class RequiredFile:
     number: str
     points: float = 0.0
     visibility: str = "visible"
+    description: str = ""  # what the file holds, for the student README's upload list
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Assignment:
     release_exclude: list
     practice_exercises: list = field(default_factory=list)
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+    data_sources: dict = field(default_factory=dict)  # data set -> URL or path (student README)
     path: Path = None
 
     @property
@@ -138,6 +140,7 @@ def _required_file(item, where):
         number=str(item.get("number", "")),
         points=float(item.get("points", 0)),
         visibility=item.get("visibility", "visible"),
+        description=str(item.get("description", "")),
     )
 
 
@@ -178,6 +181,7 @@ def load_assignment(path=None):
             "required_files",
             "release",
             "sandbox",
+            "data_sources",
         },
         str(path),
     )
@@ -193,6 +197,11 @@ def load_assignment(path=None):
             setattr(limits, key, type(getattr(limits, key))(value))
         except (TypeError, ValueError):
             raise AssignmentError(f"{path}: sandbox.{key}: {value!r} is not a number") from None
+    data_sources = raw.get("data_sources") or {}
+    if not isinstance(data_sources, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data_sources.items()
+    ):
+        raise AssignmentError(f"{path}: data_sources must map each data set name to a text")
     both = set(raw.get("student_exercises") or []) & set(raw.get("practice_exercises") or [])
     if both:
         raise AssignmentError(
@@ -209,5 +218,6 @@ def load_assignment(path=None):
         release_files=list(release.get("files") or []),
         release_exclude=list(release.get("exclude") or []),
         limits=limits,
+        data_sources=dict(data_sources),
         path=path,
     )

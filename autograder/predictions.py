@@ -4,6 +4,11 @@ Format: one integer class per line. Accepted: a trailing newline, CRLF line ends
 BOM. Anything else (blank line, header, spaces, signs, out-of-range class, more lines than
 labels) is rejected with its line number. Missing lines at the end count as wrong answers.
 Accuracy = correct / number of labels; the threshold is compared in integer arithmetic.
+
+A demo run on synthetic data writes a first line that says so (``training_utils.
+SYNTHETIC_MARKER``, "# SYNTHETIC DATA: ..."); such a file gets 0 points and one line that
+says why, rather than a line-1 format error or a near-zero accuracy the student cannot
+explain.
 """
 
 import os
@@ -113,10 +118,24 @@ def credit(correct, total, threshold, floor, points):
     return float(Fraction(points) * (accuracy - floor) / (threshold - floor))
 
 
+def is_synthetic(data):
+    """True when the first line of a predictions file marks it as made from synthetic data."""
+    first = data.removeprefix(b"\xef\xbb\xbf").split(b"\n", 1)[0]
+    return first.lstrip().startswith(b"#") and b"synthetic" in first.lower()
+
+
 def grade_predictions(pred_path, labels, part):
     """Return ``(score, accuracy or None, message)`` for one prediction file."""
     try:
         data = read_capped(pred_path, part.max_bytes)
+        if is_synthetic(data):
+            return (
+                0.0,
+                None,
+                f"{part.file}: these predictions come from synthetic data (the demo ran "
+                "without the real data set and marked the file on its first line); train on "
+                f"the real data and upload that run's {part.file}. No credit.",
+            )
         preds = parse_lines(data, part.num_classes, max_lines=len(labels))
     except PredictionError as exc:
         where = " in your upload" if str(exc) == "file not found" else ""

@@ -3,7 +3,14 @@
 What ships: the top-level files listed under ``release.files`` in the assignment (those that
 exist), with every student and practice exercise's solution region replaced by a stub that
 raises ``NotImplementedError``, the regions of "given" exercises kept (marker lines removed), the
-instructor-only section of README.md removed, and the public ``test_data/*.pkl``. Every
+instructor-only parts of README.md removed, and the public ``test_data/*.pkl``. Nothing meant
+for instructors ships: README.md loses its instructor section, its instructor-only blocks and
+every remaining section marker; Python docstrings lose any section titled "... (for
+instructors)"; config.yml and the Python files lose internal ``# BEGIN/END <lowercase>``
+marker comments (the documented ``SITE`` markers of the Slurm scripts stay). Generated from
+the assignment: README.md's upload list and data sources (between ``<!-- BEGIN generated
+-->`` and ``<!-- END generated -->``) and config.yml's ``data_sources:``, which the demos
+show when the data is missing. Every
 tracked top-level entry must be listed in ``release.files`` or ``release.exclude``, so a new
 file can neither leak nor be forgotten. Files are written in a fixed order with fixed
 permissions and timestamps: two releases of the same commit are byte-identical.
@@ -19,6 +26,8 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from autograder.assignment import KIT_ROOT, load_assignment
 from autograder.declarations import read_declarations
 
@@ -30,6 +39,17 @@ MARKER_RE = re.compile(r"#\s*(BEGIN|END)\s+SOLUTION\b(.*)$", re.IGNORECASE)
 README_BLOCK = re.compile(
     r"<!-- BEGIN (instructor|instructor-only) -->.*?<!-- END \1 -->\n?", re.DOTALL
 )
+README_GENERATED = re.compile(r"<!-- BEGIN generated -->\n.*?<!-- END generated -->\n", re.DOTALL)
+README_MARKER_LINE = re.compile(r"^<!-- (BEGIN|END) [^>]*-->\n", re.MULTILINE)
+# Internal section markers of the kit's own development ("# BEGIN flower section"); the
+# upper-case SITE markers of the Slurm scripts are documentation for whoever edits them.
+COMMENT_MARKER_LINE = re.compile(r"^[ \t]*#[ \t]*(BEGIN|END)[ \t]+[a-z][^\n]*\n", re.MULTILINE)
+# A docstring section written for instructors: its title, underline and text, up to the next
+# section or the end of the docstring (with the blank line before it).
+INSTRUCTOR_DOC_SECTION = re.compile(
+    r"\n\n[^\n]*\(for instructors\)\n-+\n.*?(?=\n\n[^\n]+\n-+\n|\n\"\"\"|\Z)", re.DOTALL
+)
+CONFIG_DATA_SOURCES = re.compile(r"^(#[^\n]*\n)*data_sources:\n([ \t]+[^\n]*\n)*", re.MULTILINE)
 
 
 class ReleaseError(Exception):
@@ -172,6 +192,96 @@ def strip_instructor_text(readme):
     return README_BLOCK.sub("", readme)
 
 
+def upload_list(assignment, root=KIT_ROOT):
+    """``[(file, what it holds)]`` that students upload, in the assignment's order: the file(s)
+    holding the graded exercises, the prediction files, then the required files."""
+    declarations = read_declarations(Path(root) / "test_functions.py")
+    graded = set(assignment.student_exercises)
+    items = []
+    for name in assignment.release_files:
+        path = Path(root) / name
+        if not (name.endswith(".py") and path.is_file()):
+            continue
+        ids = {r.exercise for r in find_regions(path.read_text(encoding="utf-8"), name)}
+        numbers = sorted(
+            (declarations[e].number for e in ids & graded if e in declarations),
+            key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")],
+        )
+        if numbers:
+            items.append((name, f"your code; exercises {', '.join(numbers)} are graded"))
+    for part in assignment.predictions:
+        items.append(
+            (
+                part.file,
+                f"the predictions of your best run on the real data ({part.number}; full "
+                f"credit at accuracy {float(part.threshold):.2f})",
+            )
+        )
+    for req in assignment.required_files:
+        items.append((req.file, req.description or f"required ({req.number})"))
+    return items
+
+
+def generated_readme_block(assignment, root=KIT_ROOT):
+    """The README text generated from the assignment: what to upload, where the data is."""
+    files = upload_list(assignment, root)
+    lines = [
+        f"**What to upload.** Upload exactly these {len(files)} files, with these names:",
+        "",
+        *[f"- `{name}`: {what}" for name, what in files],
+        "",
+        "Prediction files from a run on synthetic data start with a line saying so; the grader",
+        "gives them no credit.",
+    ]
+    if assignment.data_sources:
+        lines += [
+            "",
+            "**Where the real data comes from** (put each data set in the folder that its",
+            "question below names, or pass `--data_dir`):",
+            "",
+        ]
+        lines += [f"- {name}: {where}" for name, where in assignment.data_sources.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_readme(readme, assignment, root=KIT_ROOT):
+    """README.md with its generated block up to date (markers kept): the instructor's copy."""
+    block = f"<!-- BEGIN generated -->\n{generated_readme_block(assignment, root)}<!-- END generated -->\n"
+    if not README_GENERATED.search(readme):
+        raise ReleaseError(
+            "README.md has no '<!-- BEGIN generated -->' ... '<!-- END generated -->' block "
+            "for the upload list; add one to the student section"
+        )
+    return README_GENERATED.sub(lambda _: block, readme, count=1)
+
+
+def student_readme(readme, assignment, root=KIT_ROOT):
+    """The student's README.md: generated block filled in, instructor text and markers gone."""
+    text = strip_instructor_text(render_readme(readme, assignment, root))
+    return re.sub(r"\n{3,}", "\n\n", README_MARKER_LINE.sub("", text))
+
+
+def render_config(config_text, assignment):
+    """config.yml with ``data_sources:`` written from the assignment (comment lines above
+    the section replaced too: in the instructor's copy they address the instructor)."""
+    if not assignment.data_sources:
+        return config_text
+    body = yaml.safe_dump({"data_sources": assignment.data_sources}, sort_keys=False, width=1000)
+    block = (
+        "# Where the real data sets come from (a URL or a path); the demos show it when the\n"
+        "# data folder is missing.\n" + body
+    )
+    if not CONFIG_DATA_SOURCES.search(config_text):
+        raise ReleaseError("config.yml has no top-level 'data_sources:' section to fill in")
+    return CONFIG_DATA_SOURCES.sub(lambda _: block, config_text, count=1)
+
+
+def strip_internal_markers(text):
+    """Drop ``# BEGIN/END <lowercase ...>`` comment lines and '(for instructors)' docstring
+    sections from a shipped file."""
+    return INSTRUCTOR_DOC_SECTION.sub("", COMMENT_MARKER_LINE.sub("", text))
+
+
 def tracked_top_level(root):
     """Top-level entries tracked by git (files and folders), or None outside a git checkout."""
     try:
@@ -226,9 +336,12 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
         if name.endswith(".py"):
             text, ids = stub_source(data.decode("utf-8"), name, student, declarations)
             found_ids |= ids
-            data = text.encode("utf-8")
+            data = strip_internal_markers(text).encode("utf-8")
         elif name == "README.md":
-            data = strip_instructor_text(data.decode("utf-8")).encode("utf-8")
+            data = student_readme(data.decode("utf-8"), assignment, root).encode("utf-8")
+        elif name == "config.yml":
+            text = render_config(data.decode("utf-8"), assignment)
+            data = strip_internal_markers(text).encode("utf-8")
         files[name] = data
     missing = student - found_ids
     if missing:

@@ -5,7 +5,7 @@ from typing import List, Literal, Optional
 
 import pytest
 
-from experiment_config import ConfigError, apply_overrides, load_preset
+from experiment_config import ConfigError, apply_overrides, load_preset, read_data_sources
 
 
 @dataclasses.dataclass
@@ -82,3 +82,30 @@ def test_messages_are_single_lines(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_preset("demo", "zzz", Demo, path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, where, reason",
+    [
+        # a key indented one space too far: YAML stops at line 4
+        ("demo:\n  a:\n    lr: 0.1\n     epochs: 3\n", "line 4, column 12", "mapping values"),
+        ("demo:\n  a:\n\tlr: 1\n", "line 3, column 1", "found character '\\t'"),
+        ("demo:\n  a: {lr: 1\n  b: 2\n", "line 3, column 4", "expected ',' or '}'"),
+    ],
+)
+def test_yaml_syntax_error_names_yamls_line_and_reason(tmp_path, text, where, reason):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_preset("demo", "a", Demo, path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path} {where} is not valid YAML: "), message
+    assert reason in message and message.endswith("fix the syntax there")
+
+
+def test_data_sources_are_read_from_the_config_file(tmp_path):
+    path = write(tmp_path, 'data_sources:\n  flowers: "https://example.org/f.zip"\ndemo: {}\n')
+    assert read_data_sources(path) == {"flowers": "https://example.org/f.zip"}
+    assert read_data_sources(write(tmp_path, "demo: {}\n")) == {}
+    with pytest.raises(ConfigError, match="data_sources"):
+        read_data_sources(write(tmp_path, "data_sources:\n  flowers: [1, 2]\n"))

@@ -3,6 +3,7 @@
 import math
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -26,7 +27,10 @@ from training_utils import (
     clear_stop_request,
     prepare_run_dir,
     request_stop,
+    resume_command,
+    run_main,
     stop_on_signals,
+    stop_reason,
     stop_requested,
     to_cpu_copy,
     write_predictions,
@@ -316,3 +320,116 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     check_resume_config(tmp_path, {"lr": 0.01, "epochs": 100})
     with pytest.raises(UserError, match="differ .* in lr"):
         check_resume_config(tmp_path, {"lr": 0.1, "epochs": 100})
+
+
+# ---------------------------------------------------------------- stopping: Ctrl-C and resume
+
+
+def test_first_ctrl_c_asks_for_a_stop_and_the_second_quits_at_once(capfd):
+    """Ctrl-C (SIGINT) is a stop request like SIGTERM, announced on stderr; a second
+    Ctrl-C raises KeyboardInterrupt at once (an impatient student is never stuck)."""
+    try:
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop_requested() and stop_reason() == "Ctrl-C"
+            assert "press Ctrl-C again to quit at once" in capfd.readouterr().err
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        clear_stop_request()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def _exit_of_run_main(main, capfd):
+    with pytest.raises(SystemExit) as info:
+        run_main(main)
+    assert not stop_requested(), "run_main must clear the stop request it leaves behind"
+    return info.value.code, capfd.readouterr().err
+
+
+def test_run_main_exit_statuses_and_messages(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(sys, "orig_argv", ["python", "demo_flower.py", "--output_dir", "a b"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def ctrl_c_then_checkpoint():
+        os.kill(os.getpid(), signal.SIGINT)
+        raise Preempted("checkpoint.pt written at epoch 1 of 3, step 2 of 5")
+
+    code, err = _exit_of_run_main(ctrl_c_then_checkpoint, capfd)
+    assert code == 75
+    assert err.strip().splitlines()[-1] == (
+        "stopped by Ctrl-C: checkpoint.pt written at epoch 1 of 3, step 2 of 5; "
+        "continue with: python demo_flower.py --output_dir 'a b' --resume"
+    )
+
+    def ctrl_c_twice(run_dir):
+        def main():
+            prepare_run_dir(run_dir, resume=False)
+            (run_dir / "config.yaml").write_text("{}")
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            raise AssertionError("the second Ctrl-C did not interrupt")
+
+        return main
+
+    code, err = _exit_of_run_main(ctrl_c_twice(tmp_path / "run"), capfd)
+    assert code == 130
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted (second Ctrl-C): quit without saving;")
+    assert "has no checkpoint yet; restart it from step 0 with:" in last
+    assert last.endswith("--output_dir 'a b' --resume")
+
+
+def test_resume_command_adds_resume_once():
+    assert resume_command(["python", "demo_pixmo.py", "--exp_name", "x"]) == (
+        "python demo_pixmo.py --exp_name x --resume"
+    )
+    assert resume_command(["python", "d.py", "--resume"]) == "python d.py --resume"
+    assert resume_command(["python", "d.py", "--noresume"]) == "python d.py --resume"
+
+
+@pytest.mark.parametrize("state", ["empty", "config_only", "checkpoint_only", "both"])
+def test_run_directory_messages_never_send_the_user_back_and_forth(tmp_path, state):
+    """For every state of a folder exactly one of (rerun, rerun --resume) is accepted, and
+    the refused one's message names the accepted one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    if state in ("config_only", "both"):
+        (run / "config.yaml").write_text("{}")
+    if state in ("checkpoint_only", "both"):
+        (run / CHECKPOINT_FILE).write_bytes(b"x")
+    accepted = []
+    for resume in (False, True):
+        try:
+            prepare_run_dir(run, resume=resume, create=False)
+            accepted.append(resume)
+        except UserError as err:
+            advice = "drop --resume" if resume else "pass --resume"
+            assert advice in str(err), str(err)
+    assert len(accepted) == 1 and accepted[0] == (state != "empty")
+
+
+def test_resume_before_the_first_checkpoint_starts_from_step_0(tmp_path):
+    """A run folder with only config.yaml (the run died before its first checkpoint)
+    resumes: from step 0, to the same result as an uninterrupted run."""
+    expected, _ = tiny_run(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.yaml").write_text("{}")
+    resumed, _ = tiny_run(tmp_path / "b", resume=True)
+    assert resumed["history"] == expected["history"]
+    assert "starting from step 0 with the saved settings" in (tmp_path / "b/train.log").read_text()
+
+
+@pytest.mark.parametrize("stop_at_step", [7, 10])  # mid-epoch, and at an epoch boundary
+def test_stopped_at_and_resumed_from_name_the_same_place(tmp_path, stop_at_step):
+    with pytest.raises(Preempted) as info:
+        tiny_run(tmp_path / "run", stop_at_step=stop_at_step)
+    stopped_at = str(info.value).split(" written at ", 1)[1]
+    tiny_run(tmp_path / "run", resume=True)
+    log = (tmp_path / "run" / "train.log").read_text()
+    resumed = [line for line in log.splitlines() if "resumed from" in line]
+    assert len(resumed) == 1 and resumed[0].endswith(f" at {stopped_at}"), (stopped_at, resumed)
+    # 5 steps per epoch, epochs counted from 1 as in the log's "epoch 2/3" lines
+    assert (
+        stopped_at == {7: "epoch 2 of 3, step 2 of 5", 10: "the end of epoch 2 of 3"}[stop_at_step]
+    )

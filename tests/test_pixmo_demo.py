@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiment_config import read_data_sources
 from synthetic_pixmo import generate
+from training_utils import read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo_pixmo.py"
@@ -67,8 +69,8 @@ def test_smoke_preset_end_to_end(tmp_path):
     for name in ("config.yaml", "train.log", "checkpoint.pt", "best.pt", "test_pixmo.txt"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
-    preds = (run / "test_pixmo.txt").read_text().split()
-    assert len(preds) == 32 and all(0 <= int(p) < 20 for p in preds)
+    preds, synthetic = read_predictions(run / "test_pixmo.txt")
+    assert synthetic and len(preds) == 32 and all(0 <= p < 20 for p in preds)
     log = (run / "train.log").read_text()
     assert "SYNTHETIC DATA" in log and "SYNTHETIC DATA" in result.stdout
     assert "synthetic test accuracy" in log
@@ -107,11 +109,19 @@ def test_preempted_run_exits_75_and_resumes(tmp_path):
     assert proc.returncode == 75, output[-3000:]
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     assert not (tmp_path / "run" / "test_pixmo.txt").exists()
+    stopped = [line for line in output.splitlines() if line.startswith("stopped by SIGTERM: ")]
+    assert len(stopped) == 1 and stopped[0].endswith(" ".join(args[2:]) + " --resume"), output
+    where = stopped[0].split(" written at ", 1)[1].split(";")[0]
 
     resumed = run_demo(*args, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
-    assert len((tmp_path / "run" / "test_pixmo.txt").read_text().split()) == 16
+    assert f"resumed from run/checkpoint.pt at {where}\n" in resumed.stdout  # the same place
+    preds, synthetic = read_predictions(tmp_path / "run" / "test_pixmo.txt")
+    assert synthetic and len(preds) == 16
+    said = [line for line in resumed.stdout.splitlines() if " predictions to " in line]
+    assert len(said) == 1 and said[0].split(" predictions to ")[1].startswith(
+        "run/test_pixmo.txt: SYNTHETIC DATA, do not upload"
+    ), said
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +139,13 @@ def copy_data(source, target):
     return target
 
 
-def test_missing_data_dir(tmp_path):
-    result = run_demo("--data_dir", "nowhere", "--output_dir", "run", cwd=tmp_path)
-    assert_one_line_error(result, "--data_dir nowhere does not exist")
+@pytest.mark.parametrize("name", ["nowhere", "pixmo_data"])  # pixmo_data: the default's name
+def test_missing_data_dir(tmp_path, name):
+    """An explicit --data_dir that does not exist is an error, also the default name; the
+    message says where the real data comes from (config.yml's data_sources)."""
+    result = run_demo("--data_dir", name, "--output_dir", "run", cwd=tmp_path)
+    assert_one_line_error(result, f"--data_dir {name} does not exist")
+    assert f"(the real data: {read_data_sources()['pixmo']})" in result.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "synthetic-data").exists()
 
 
@@ -180,7 +194,8 @@ def test_existing_run_dir_and_bad_resume(tmp_path):
     assert not (tmp_path / "synthetic-data").exists()  # refused before any slow work
 
     fresh = run_demo("--output_dir", "fresh", "--resume", cwd=tmp_path)
-    assert_one_line_error(fresh, "checkpoint.pt does not exist")
+    assert_one_line_error(fresh, "fresh holds no run (no checkpoint.pt or config.yaml)")
+    assert "drop --resume" in fresh.stderr
 
 
 def test_missing_weights_file(tmp_path):

@@ -1,6 +1,7 @@
 """The student release: what ships, how exercises are stubbed, and that it is reproducible."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,12 +9,16 @@ from pathlib import Path
 import pytest
 
 from autograder.assignment import load_assignment
+from experiment_config import read_data_sources
 from instructor.release import (
     ReleaseError,
     build_release,
     check_listing,
     find_regions,
+    generated_readme_block,
+    render_readme,
     strip_instructor_text,
+    strip_internal_markers,
     stub_source,
 )
 
@@ -207,3 +212,116 @@ def test_released_tree_runs_and_stubs_fail_with_not_implemented(release):
             env=env,
         )
         assert imp.returncode == 0, f"{demo}: " + imp.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- nothing for instructors ships
+
+TEXT_SUFFIXES = (".py", ".md", ".yml", ".yaml", ".sh", ".sbatch", ".txt", ".gitignore")
+FORBIDDEN = ["BEGIN SOLUTION", "END SOLUTION", "<!--", "BEGIN instructor", "END instructor",
+             "for instructors", "owned by the", "instructor/", "instructor-only"]  # fmt: skip
+
+
+def test_release_strips_every_marker_and_instructor_sentence(release):
+    found = []
+    for path in sorted(release.rglob("*")):
+        if not (path.is_file() and path.name.endswith(TEXT_SUFFIXES)):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            where = f"{path.relative_to(release)}:{number}: {line.strip()[:80]}"
+            found += [where for word in FORBIDDEN if word.lower() in line.lower()]
+            if re.match(r"\s*#\s*(BEGIN|END)\s+[a-z]", line):  # internal section markers
+                found.append(where)
+    assert not found, "\n".join(found)
+    # the documented markers of the cluster scripts stay: the README tells users to edit there
+    assert "BEGIN SITE SETTINGS" in (release / "cluster_site.sh").read_text()
+
+
+def test_for_instructors_docstring_sections_and_internal_markers_are_dropped():
+    source = (
+        '"""Title.\n\nRules\n-----\nKeep me.\n\nMarkers (for instructors)\n'
+        "-------------------------\nSecret.\n\nMore\n----\nKeep too.\n"
+        '"""\n\n# BEGIN pixmo section\nX = 1\n# END pixmo section\n'
+        "# ==== BEGIN SITE SETTINGS ====\n"
+    )
+    assert strip_internal_markers(source) == (
+        '"""Title.\n\nRules\n-----\nKeep me.\n\nMore\n----\nKeep too.\n"""\n\nX = 1\n'
+        "# ==== BEGIN SITE SETTINGS ====\n"
+    )
+
+
+def expected_uploads(assignment=ASSIGNMENT):
+    """What students upload, straight from the assignment: the shipped file(s) holding a
+    graded exercise, then the prediction files, then the required files."""
+    graded = [
+        name
+        for name in assignment.release_files
+        if name.endswith(".py")
+        and (ROOT / name).is_file()
+        and any(
+            r.exercise in assignment.student_exercises
+            for r in find_regions((ROOT / name).read_text(), name)
+        )
+    ]
+    return (
+        graded
+        + [p.file for p in assignment.predictions]
+        + [r.file for r in assignment.required_files]
+    )
+
+
+def readme_upload_list(text):
+    """The file names listed under "What to upload" in a README."""
+    section = text.split("**What to upload.**", 1)[1].split("\n\n**", 1)[0]
+    return re.findall(r"^- `([^`]+)`", section, flags=re.MULTILINE)
+
+
+def test_student_readme_lists_exactly_the_files_to_upload(release):
+    text = (release / "README.md").read_text()
+    assert readme_upload_list(text) == expected_uploads()
+    assert expected_uploads()[0] == "transformer_utils.py"  # the brief's order
+    for where in ASSIGNMENT.data_sources.values():
+        assert where in text
+
+
+def test_repository_copies_of_generated_text_are_up_to_date():
+    """README.md's generated block and config.yml's data_sources equal what the release
+    writes from instructor/assignment.yml (edit the assignment, then copy them over)."""
+    readme = (ROOT / "README.md").read_text()
+    assert render_readme(readme, ASSIGNMENT) == readme, (
+        "README.md's <!-- BEGIN generated --> block is out of date; replace it with:\n"
+        + generated_readme_block(ASSIGNMENT)
+    )
+    assert read_data_sources(ROOT / "config.yml") == ASSIGNMENT.data_sources, (
+        "config.yml's data_sources differ from instructor/assignment.yml's"
+    )
+
+
+@pytest.mark.slow
+def test_data_sources_set_in_the_assignment_reach_the_students_demos(tmp_path):
+    """The instructor sets a URL in the assignment file; the release writes it into README.md
+    and config.yml, and the shipped demos show it when the data is missing."""
+    text = (ROOT / "instructor" / "assignment.yml").read_text()
+    url = "https://example.org/course/flowers.tar"
+    custom = text.replace('flowers: "the link on your course page"', f'flowers: "{url}"').replace(
+        "required_files:\n", 'required_files:\n  - {file: report.pdf, name: "report"}\n'
+    )
+    assert custom != text
+    (tmp_path / "assignment.yml").write_text(custom)
+    out = tmp_path / "student"
+    build_release(out, assignment_path=tmp_path / "assignment.yml")
+    custom_assignment = load_assignment(tmp_path / "assignment.yml")
+    readme = (out / "README.md").read_text()
+    assert readme_upload_list(readme) == expected_uploads(custom_assignment)
+    assert "report.pdf" in readme_upload_list(readme) and url in readme
+    assert read_data_sources(out / "config.yml")["flowers"] == url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run(
+        [sys.executable, "demo_flower.py", "--data_dir", "flower-dataset-reduced"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert url in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -152,7 +152,9 @@ def check_run_dir(run: Path, job: str, demo: str) -> list[str]:
     assert (run / f"{job}.out").is_file() and (run / f"{job}.err").is_file()
     log = (run / f"slurm-{job}.log").read_text()
     assert "SYNTHETIC" in log, "the synthetic-data banner must reach the job's log"
-    preds = (run / TEST_FILES[demo]).read_text().split()
+    lines = (run / TEST_FILES[demo]).read_text().split("\n")
+    assert lines[0].startswith("# SYNTHETIC DATA"), "synthetic predictions must say so"
+    preds = [p for p in lines[1:] if p]
     assert len(preds) == n_test_images(run.parents[1], demo)
     assert all(p.lstrip("-").isdigit() for p in preds)
     return preds

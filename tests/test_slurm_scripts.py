@@ -234,6 +234,16 @@ def test_requeued_job_passes_resume_only_with_a_checkpoint(fake_kit):
     assert second.returncode == 0 and "--resume" in second.stdout
 
 
+def test_resume_continues_a_run_stopped_before_its_first_checkpoint(fake_kit):
+    """config.yaml without checkpoint.pt: the demo says "pass --resume", so RESUME=1 (and a
+    requeued job) must pass it; the demo then starts that run again from step 0."""
+    run = fake_kit / "runs" / "c"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    env = {"OUTPUT_DIR": "runs/c", "EXP_NAME": "e1", "RESUME": "1"}
+    assert "--resume" in run_script(fake_kit, "flower", env).stdout
+
+
 def test_data_dir_from_site_settings_and_per_job(fake_kit):
     data = fake_kit / "shared-data"
     data.mkdir()
