@@ -597,7 +597,7 @@ def _load_cases(file_name):
 
     cases: [{"input": ..., "target": ...}]; mistakes: one dict per case, "description" ->
     output of that known mistake; grading: test_data/<id>_grading.pkl, which holds the
-    tolerance of each case ("rtol", "atol"; instructor/reference_data.py measured them) and
+    tolerance of each case ("rtol", "atol", measured on correct implementations) and
     the exercise's role ("graded" or "practice"). {} where that file is missing.
     """
     path = os.path.join(DATA_DIR, file_name)
@@ -700,9 +700,8 @@ _SUMMARY_REGISTERED = []
 def exercise_roles():
     """exercise id -> "graded" or "practice" (other exercises are given code).
 
-    From instructor/assignment.yml in the instructor's copy; a student release has no
-    instructor/ folder, so there the role recorded in test_data/<id>_grading.pkl (written
-    from the same file by python -m instructor.reference_data) is used.
+    From the assignment file when it is present, else from the role recorded in
+    test_data/<id>_grading.pkl (written from the same assignment file).
     """
     path = os.path.join(os.path.dirname(DATA_DIR), "instructor", "assignment.yml")
     if os.path.exists(path):
