@@ -448,7 +448,11 @@ class Trainer:
 
     def _fit_epochs(self, writer) -> None:
         for epoch in range(self.epoch, self.config.epochs):
-            lr = self.optimizer.param_groups[0]["lr"]
+            # The lr at the epoch's first step, also when resuming in the middle of the epoch
+            # (LambdaLR computes exactly this product for the optimiser).
+            lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](
+                epoch * len(self.train_source)
+            )
             train_loss, train_acc = self._train_epoch(epoch, self.step_in_epoch)
             self.step_in_epoch = 0
             val_loss, val_acc = self.evaluate(self.val_source)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 KIT = Path(__file__).resolve().parents[2]
-SCRIPTS = {"flower": KIT / "flower.sbatch", "pixmo": KIT / "pixmo.sbatch"}
+SCRIPTS = {name: KIT / f"{name}.sbatch" for name in ("flower", "pixmo", "scratch")}
 SITE_FILE = KIT / "cluster_site.sh"
 # What a run of the kit needs; tests, data, runs and the grader stay behind.
 SKIP = {".git", "tests", "runs", "synthetic-data", "autograder", "instructor", "benchmarks"}

@@ -1,0 +1,230 @@
+"""demo_scratch.py as a user runs it: the smoke preset, preemption + resume, bad input, the
+stubbed-exercise message of a student release, and real Fashion-MNIST learning."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import synthetic_cifar
+from demo_scratch import load_run_model, load_split
+from instructor.release import build_release
+from scratch_data import FASHION_MNIST_DIR
+from training_utils import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "demo_scratch.py")
+# CPU only (resume equality needs determinism), one thread: the CI machine has 2 busy cores.
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+
+TINY_PRESETS = """
+scratch:
+  tiny:
+    dataset: cifar10
+    val_images: 40
+    model: vit
+    patch_size: 8
+    depth: 1
+    embed_dim: 16
+    num_heads: 2
+    augment: crop_flip_erase
+    erase_prob: 0.5
+    label_smoothing: 0.1
+    lr: 0.003
+    warmup_epochs: 1
+    epochs: EPOCHS
+    batch_size: 16
+    eval_batch_size: 32
+    precision: fp32
+  fmnist_subset:           # real images: 4000 to train, 1000 to validate, all 10000 to test
+    dataset: fashion_mnist
+    val_images: 1000
+    max_train_images: 4000
+    model: cnn
+    cnn_channels: [16, 32]
+    cnn_convs_per_stage: 1
+    cnn_hidden: 64
+    dropout: 0.0
+    custom_conv: true
+    augment: none
+    lr: 0.003
+    warmup_epochs: 0.2
+    epochs: 3
+    batch_size: 64
+    precision: fp32
+"""
+
+
+def run_demo(*args, cwd, demo=DEMO, timeout=900):
+    return subprocess.run(
+        [sys.executable, demo, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A small synthetic CIFAR-10 (real format: 5 x 40 training, 40 test images) and presets."""
+    root = tmp_path_factory.mktemp("scratch")
+    synthetic_cifar.generate(root / "data", per_file=40, seed=1)
+    for epochs in (2, 8):
+        (root / f"tiny{epochs}.yml").write_text(TINY_PRESETS.replace("EPOCHS", str(epochs)))
+    return root
+
+
+def tiny_args(tiny, out, epochs=2, preset="tiny", data=True):
+    args = ["--config", str(tiny / f"tiny{epochs}.yml"), "--exp_name", preset,
+            "--output_dir", str(out)]  # fmt: skip
+    return args + (["--data_dir", str(tiny / "data")] if data else [])
+
+
+def history(run_dir):
+    return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)["history"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("smoke")
+    start = time.time()
+    result = run_demo(cwd=cwd)  # defaults: --exp_name scratch_smoke, runs/scratch_smoke
+    return cwd, result, time.time() - start
+
+
+@pytest.mark.slow
+def test_smoke_preset_end_to_end(smoke):
+    cwd, result, elapsed = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = cwd / "runs" / "scratch_smoke"
+    real = (cwd / "cifar-10-batches-py").is_dir()
+    if not real:
+        assert (
+            "SYNTHETIC DATA" in result.stdout
+            and "SYNTHETIC DATA" in (run / "train.log").read_text()
+        )
+        assert (cwd / "synthetic-data" / "cifar-10-batches-py" / "test_batch").is_file()
+    for name in ("config.yaml", "checkpoint.pt", "best.pt", "test_predictions.txt"):
+        assert (run / name).is_file(), name
+    preds = (run / "test_predictions.txt").read_text().splitlines()
+    assert len(preds) == 1000 and all(0 <= int(p) < 10 for p in preds)  # 1000 per file
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] is True and summary["synthetic"] is not real
+    assert (summary["preset"], summary["dataset"], summary["model"]) == (
+        "scratch_smoke", "cifar10", "vit",
+    )  # fmt: skip
+    labels = load_split(load_run_model(run)[0], "test", str(_data(cwd)))[1]
+    accuracy = sum(int(p) == y for p, y in zip(preds, labels.tolist())) / len(preds)
+    assert summary["test_acc"] == pytest.approx(accuracy)
+    assert f"test accuracy {accuracy:.4f}" in (run / "train.log").read_text()
+    assert summary["best_val_acc"] > 0.15, "the smoke run should learn (chance is 0.10)"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test_acc")] == [summary["best_epoch"]]
+    assert [e.step for e in events.Scalars("val_acc")] == [1, 2, 3]
+    print(f"scratch_smoke took {elapsed:.0f}s")
+
+
+def _data(cwd):
+    real = cwd / "cifar-10-batches-py"
+    return real if real.is_dir() else cwd / "synthetic-data" / "cifar-10-batches-py"
+
+
+@pytest.mark.slow
+def test_contract_api_on_the_smoke_run(smoke):
+    cwd, result, _ = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = cwd / "runs" / "scratch_smoke"
+    cfg, model = load_run_model(run)
+    assert cfg.model == "vit" and not model.training
+    images, labels, synthetic = load_split(cfg, "test", str(_data(cwd)))
+    assert images.dtype == torch.uint8 and images.shape == (1000, 3, 32, 32)
+    assert synthetic is not (cwd / "cifar-10-batches-py").is_dir()
+    with torch.no_grad():
+        preds = model(images.float() / 255).argmax(1).tolist()
+    assert preds == [int(p) for p in (run / "test_predictions.txt").read_text().split()]
+    train = load_split(cfg, "train", str(_data(cwd)))[0]
+    val = load_split(cfg, "val", str(_data(cwd)))[0]
+    assert (len(train), len(val)) == (cfg.max_train_images, cfg.val_images)
+    _, last = load_run_model(run, which="last")
+    assert last.patch_grid == 4
+    with pytest.raises(UserError, match="not a Question 4 run"):
+        load_run_model(cwd)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_75_and_resume_matches_uninterrupted(tiny, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, DEMO, *tiny_args(tiny, out, epochs=8)],
+        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 600
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert 1 <= len(history(out)) < 8
+    resumed = run_demo(*tiny_args(tiny, out, epochs=8), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = run_demo(*tiny_args(tiny, tmp_path / "straight", epochs=8), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert history(out) == history(tmp_path / "straight")
+    for name in ("test_predictions.txt",):
+        assert (out / name).read_text() == (tmp_path / "straight" / name).read_text()
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "straight")]
+    assert summaries[0]["test_acc"] == summaries[1]["test_acc"]
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tiny, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in (tiny / "data").iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+    (data / "data_batch_2").write_bytes((data / "data_batch_2").read_bytes()[:300])
+    out = tmp_path / "run"
+    result = run_demo(*tiny_args(tiny, out, data=False), "--data_dir", str(data), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert str(data / "data_batch_2") in result.stderr
+    assert not out.exists()
+    unknown = run_demo(*tiny_args(tiny, out, preset="nope"), cwd=tmp_path)
+    assert unknown.returncode == 1 and "unknown preset 'nope'" in unknown.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_student_release_stops_at_the_first_unwritten_exercise(tiny, tmp_path):
+    release = tmp_path / "student"
+    build_release(release)
+    out = release / "runs" / "tiny"
+    result = run_demo(*tiny_args(tiny, out), cwd=release, demo=str(release / "demo_scratch.py"))
+    assert result.returncode == 1, result.stdout[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "not implemented yet (exercise 1." in lines[0], lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"real Fashion-MNIST not installed in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
+)
+def test_learns_real_fashion_mnist_from_a_few_thousand_images(tiny, tmp_path):
+    out = tmp_path / "fmnist"
+    result = run_demo(*tiny_args(tiny, out, preset="fmnist_subset", data=False), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["synthetic"] is False
+    assert len((out / "test_predictions.txt").read_text().split()) == 10000
+    assert summary["test_acc"] >= 0.6, summary  # chance is 0.1
+    print(f"real Fashion-MNIST subset: test accuracy {summary['test_acc']:.4f}")
