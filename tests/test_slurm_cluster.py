@@ -1,4 +1,4 @@
-"""flower.sbatch, pixmo.sbatch and scratch.sbatch on a real (local, single-node) Slurm cluster.
+"""flower.sbatch and pixmo.sbatch on a real (local, single-node) Slurm cluster.
 
 Needs Debian's slurm-wlm and munge (``bash tests/slurm/install_slurm.sh``) and root; without
 them every test here is skipped with the reason. The cluster (tests/slurm/local_cluster.py)
@@ -8,8 +8,7 @@ The jobs run in a copy of the kit, on the synthetic data the demos generate. The
 submitted at once and Slurm runs them in this order (dependencies), 4-10 minutes on a
 2-core machine:
 
-1. the README's flower smoke command, next to 2. the README's pixmo smoke command and the
-   README's scratch (Question 4) smoke command;
+1. the README's flower smoke command, next to 2. the README's pixmo smoke command;
 3. after 1: the flower smoke preset on two processes (``--gpus=2``: torchrun, gloo on CPU);
 4. after 1: a longer flower run (the smoke preset for more epochs), uninterrupted;
 5. after 1: the same run with a 1-minute time limit, so the job gets the warning signal,
@@ -40,16 +39,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 FAKE_DEMO = Path(__file__).parent / "slurm" / "fake_demo.py"
 SMALL = ["--cpus-per-task=1", "--mem=1G"]  # fake-demo jobs fit next to the real ones
-TEST_FILES = {
-    "flower": "test_flower.txt",
-    "pixmo": "test_pixmo.txt",
-    "scratch": "test_predictions.txt",
-}
-SYNTHETIC = {
-    "flower": "flower-dataset-reduced",
-    "pixmo": "pixmo_data",
-    "scratch": "cifar-10-batches-py",
-}
+TEST_FILES = {"flower": "test_flower.txt", "pixmo": "test_pixmo.txt"}
+SYNTHETIC = {"flower": "flower-dataset-reduced", "pixmo": "pixmo_data"}
 WAIT = 900  # seconds; generous for a busy 2-core CI machine
 # Job 4: a 1-minute limit with the warning 10 s before it (the script's own timer; Slurm's
 # comes from a periodic check, up to ~30 s earlier). The demo must have imported torch by
@@ -107,11 +98,9 @@ def jobs(cluster, kit):
     """Submit the jobs (see the module docstring); {name: (job id, run dir)}."""
     flower = submit_readme(cluster, kit, "flower_smoke")
     pixmo = submit_readme(cluster, kit, "pixmo_smoke")
-    scratch = submit_readme(cluster, kit, "scratch_smoke")
     submitted = {
         "flower": (flower, kit / "runs_flower" / "flower_smoke"),
         "pixmo": (pixmo, kit / "runs_pixmo" / "pixmo_smoke"),
-        "scratch": (scratch, kit / "runs_scratch" / "scratch_smoke"),
     }
     after_flower = f"--dependency=afterany:{flower}"  # its synthetic data exists by then
     extra = {
@@ -172,13 +161,9 @@ def check_run_dir(run: Path, job: str, demo: str) -> list[str]:
 
 
 def n_test_images(kit: Path, demo: str) -> int:
-    """Size of the synthetic test set the demo generated (flowers: (X, y); PixMo: a list;
-    CIFAR-10: a dict with b"labels")."""
-    folder = kit / "synthetic-data" / SYNTHETIC[demo]
-    with open(folder / ("test_batch" if demo == "scratch" else "test_data.pkl"), "rb") as f:
-        data = pickle.load(f, encoding="bytes")
-    if demo == "scratch":
-        return len(data[b"labels"])
+    """Size of the synthetic test set the demo generated (flowers: (X, y); PixMo: a list)."""
+    with open(kit / "synthetic-data" / SYNTHETIC[demo] / "test_data.pkl", "rb") as f:
+        data = pickle.load(f)
     return len(data[1]) if demo == "flower" else len(data)
 
 
@@ -254,13 +239,6 @@ def test_readme_pixmo_command_runs(cluster, jobs):
     job, run = jobs["pixmo"]
     finished(cluster, job, run)
     check_run_dir(run, job, "pixmo")
-
-
-def test_readme_scratch_command_runs(cluster, jobs):
-    job, run = jobs["scratch"]
-    finished(cluster, job, run)
-    check_run_dir(run, job, "scratch")
-    assert (run / "summary.json").is_file()
 
 
 def test_two_processes_with_torchrun(cluster, jobs):
