@@ -16,7 +16,7 @@ import synthetic_cifar
 from demo_scratch import load_run_model, load_split
 from instructor.release import build_release
 from scratch_data import FASHION_MNIST_DIR
-from training_utils import UserError
+from training_utils import UserError, read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "demo_scratch.py")
@@ -110,8 +110,9 @@ def test_smoke_preset_end_to_end(smoke):
         assert (cwd / "synthetic-data" / "cifar-10-batches-py" / "test_batch").is_file()
     for name in ("config.yaml", "checkpoint.pt", "best.pt", "test_predictions.txt"):
         assert (run / name).is_file(), name
-    preds = (run / "test_predictions.txt").read_text().splitlines()
-    assert len(preds) == 1000 and all(0 <= int(p) < 10 for p in preds)  # 1000 per file
+    preds, marked = read_predictions(run / "test_predictions.txt")
+    assert marked is not real, "predictions from synthetic data carry the synthetic marker"
+    assert len(preds) == 1000 and all(0 <= p < 10 for p in preds)  # 1000 per file
     summary = json.loads((run / "summary.json").read_text())
     assert summary["finished"] is True and summary["synthetic"] is not real
     assert (summary["preset"], summary["dataset"], summary["model"]) == (
@@ -148,7 +149,7 @@ def test_contract_api_on_the_smoke_run(smoke):
     assert synthetic is not (cwd / "cifar-10-batches-py").is_dir()
     with torch.no_grad():
         preds = model(images.float() / 255).argmax(1).tolist()
-    assert preds == [int(p) for p in (run / "test_predictions.txt").read_text().split()]
+    assert preds == read_predictions(run / "test_predictions.txt")[0]
     train = load_split(cfg, "train", str(_data(cwd)))[0]
     val = load_split(cfg, "val", str(_data(cwd)))[0]
     assert (len(train), len(val)) == (cfg.max_train_images, cfg.val_images)
