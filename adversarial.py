@@ -267,11 +267,13 @@ def attack_source(
     precision="auto",
     keep=0,
     progress=None,
+    limit=None,
 ) -> AttackResult:
     """Attack every labelled image of ``source`` (yielding ``(images in [0, 1], labels)``).
 
     Targeted attacks aim at the next class, ``(label + 1) % K``. ``keep`` first images are
-    returned for pictures (CPU tensors); ``progress`` is an optional tqdm bar to advance.
+    returned for pictures (CPU tensors); ``progress`` is an optional tqdm bar to advance;
+    ``limit`` stops after the batch that reaches that many images (on this process).
     """
     was_training = model.training
     model.eval()
@@ -313,6 +315,8 @@ def attack_source(
                     )
             if progress is not None:
                 progress.update(len(labels))
+            if limit is not None and totals[0] >= limit:
+                break
     finally:
         model.train(was_training)
     if dist.is_available() and dist.is_initialized():
@@ -324,16 +328,115 @@ def attack_source(
 
 
 def robust_accuracy(
-    model, source, eps, alpha, steps, random_start=True, precision="auto"
+    model, source, eps, alpha, steps, random_start=True, precision="auto", limit=None
 ) -> tuple[float, float]:
     """``(clean accuracy, accuracy under the untargeted PGD attack)`` over ``source``.
 
     For logging a validation set during (adversarial) training: ``source`` yields
-    ``(images in [0, 1], labels)``; the model's mode is restored afterwards."""
+    ``(images in [0, 1], labels)``; the model's mode is restored afterwards. ``limit``:
+    about that many images only (whole batches)."""
     r = attack_source(
-        model, source, eps, alpha, steps, random_start=random_start, precision=precision
+        model,
+        source,
+        eps,
+        alpha,
+        steps,
+        random_start=random_start,
+        precision=precision,
+        limit=limit,
     )
     return r.clean_acc, r.robust_acc
+
+
+# ====================================================================== in a training demo
+
+
+@dataclasses.dataclass
+class AdversarialConfig:
+    """The ``adversarial:`` key of a Question 4 preset; ``null`` (the default) trains on
+    clean images. Training batches are PGD-``steps`` examples (step ``alpha``) in the
+    ``eps``-ball; every epoch ``eval_images`` validation images are attacked with
+    PGD-``eval_steps`` (step ``eval_alpha``) for ``val_robust_acc``."""
+
+    eps: float = 0.1
+    alpha: float = 0.025
+    steps: int = 7
+    eval_alpha: float = 0.01
+    eval_steps: int = 20
+    eval_images: int = 1000
+
+
+def adversarial_config(value) -> AdversarialConfig | None:
+    """``None`` or the checked settings of a preset's ``adversarial:`` mapping; a bad key or
+    value raises ``UserError`` with one line."""
+    if value is None:
+        return None
+    from experiment_config import ConfigError, apply_overrides
+
+    where = "the preset's 'adversarial:' settings"
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping such as {{eps: 0.1, alpha: 0.025, steps: 7}}")
+    try:
+        adv = apply_overrides(AdversarialConfig(), value, where=where)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    if not 0.0 < adv.eps <= 1.0:
+        raise UserError(f"eps {adv.eps} in {where} must be in (0, 1] (pixel units)")
+    for name in ("alpha", "eval_alpha"):
+        if not 0.0 < getattr(adv, name) <= 1.0:
+            raise UserError(f"{name} {getattr(adv, name)} in {where} must be in (0, 1]")
+    for name in ("steps", "eval_steps", "eval_images"):
+        if getattr(adv, name) < 1:
+            raise UserError(f"{name} {getattr(adv, name)} in {where} must be at least 1")
+    return adv
+
+
+class RobustValidation:
+    """A Trainer ``on_step_end`` callback: after the last step of every epoch, the accuracy
+    of the first ``settings.eval_images`` validation images, clean and under PGD, goes to
+    the log and to TensorBoard (``val_robust_acc``, ``val_robust_clean_acc``, at step =
+    epoch, as the Trainer's own scalars). It runs on every process (the counts are summed)
+    and leaves the random streams of training untouched. Call ``close()`` after training."""
+
+    def __init__(self, model, val_source, settings: AdversarialConfig, precision="auto"):
+        self.model, self.source, self.settings = model, val_source, settings
+        self.precision = precision
+        self.history: dict[int, tuple[float, float]] = {}  # epoch -> (clean, robust)
+        self._writer = None
+
+    def __call__(self, trainer, epoch: int, step: int) -> None:
+        if step + 1 != len(trainer.train_source):
+            return
+        s = self.settings
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            clean, robust = robust_accuracy(
+                self.model,
+                self.source,
+                s.eps,
+                s.eval_alpha,
+                s.eval_steps,
+                precision=self.precision,
+                limit=-(-s.eval_images // trainer.ctx.world_size),  # per process
+            )
+        self.history[epoch + 1] = (clean, robust)
+        trainer.log.info(
+            f"epoch {epoch + 1}: PGD-{s.eval_steps} eps {s.eps} on {s.eval_images} validation "
+            f"images: clean {clean:.4f}, under attack {robust:.4f}"
+        )
+        if trainer.ctx.is_main:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(trainer.run_dir / "tensorboard")
+            self._writer.add_scalar("val_robust_acc", robust, epoch + 1)
+            self._writer.add_scalar("val_robust_clean_acc", clean, epoch + 1)
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 # ====================================================================== Question 4 runs

@@ -290,6 +290,52 @@ def test_adversarial_batches_reject_bad_settings():
         AdversarialBatches(ListSource([]), small_model(), 0.1, 0.01, 3, precision="fp16")
 
 
+def test_adversarial_config_is_typed_and_checked():
+    assert adversarial.adversarial_config(None) is None
+    adv = adversarial.adversarial_config({"eps": 0.1, "alpha": 0.02, "steps": 5})
+    assert (adv.eps, adv.alpha, adv.steps, adv.eval_steps) == (0.1, 0.02, 5, 20)
+    for bad, message in [
+        ({"epsilon": 0.1}, "unknown key 'epsilon'"),
+        ({"eps": 2}, "must be in (0, 1]"),
+        ({"steps": 0}, "steps 0"),
+        ({"steps": 1.5}, "'steps'"),
+        ([0.1], "must be a mapping"),
+    ]:
+        with pytest.raises(adversarial.UserError) as err:
+            adversarial.adversarial_config(bad)
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_robust_validation_logs_the_last_step_of_each_epoch(tmp_path):
+    import logging
+
+    model = small_model().train()
+    val = ListSource([random_batch(seed=s, n=8) for s in range(4)])
+    settings = adversarial.AdversarialConfig(eps=0.1, eval_alpha=0.05, eval_steps=2, eval_images=10)
+    hook = adversarial.RobustValidation(model, val, settings, precision="fp32")
+    trainer = types.SimpleNamespace(
+        train_source=[0] * 3,  # 3 steps per epoch
+        log=logging.getLogger("test_adversarial"),
+        ctx=types.SimpleNamespace(world_size=1, is_main=True),
+        run_dir=tmp_path,
+    )
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    for step in range(3):
+        hook(trainer, 0, step)
+    assert torch.equal(torch.rand(3), expected_next), "training's random stream must not move"
+    hook.close()
+    assert list(hook.history) == [1]
+    clean, robust = hook.history[1]
+    assert 0 <= robust <= 1 and 0 <= clean <= 1
+    assert model.training
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # eval_images 10 of 8-image batches: two batches, 16 images
+    r = adversarial.attack_source(model, val, 0.1, 0.05, 1, limit=10)
+    assert r.count == 16
+
+
 # ---------------------------------------------------------------- real Fashion-MNIST
 
 
