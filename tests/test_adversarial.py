@@ -204,16 +204,25 @@ def pgd_variant(model, images, labels, eps, alpha, steps, random_start=True, mis
     return adv.detach()
 
 
-def diagnose(attack):
-    """None when ``attack`` behaves like PGD, else the name of the probable mistake (or a
-    description of the difference). The reference is torchattacks' PGD."""
+DIAGNOSIS_SETTINGS = (0.05, 0.02, 6)  # eps, alpha, steps: alpha < eps, 6 steps reach the wall
+
+
+@functools.lru_cache(maxsize=1)
+def diagnosis_case():
+    """A fixed model and batch, and torchattacks' PGD (no random start) on them."""
     torchattacks = pytest.importorskip("torchattacks")
     model = small_model(seed=3)
     images, labels = random_batch(seed=4)
-    eps, alpha, steps = 0.05, 0.02, 6
-    expected = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(
-        images, labels
-    )
+    eps, alpha, steps = DIAGNOSIS_SETTINGS
+    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
+    return model, images, labels, attack(images, labels)
+
+
+def diagnose(attack):
+    """None when ``attack`` behaves like PGD, else the name of the probable mistake (or a
+    description of the difference). The reference is torchattacks' PGD."""
+    model, images, labels, expected = diagnosis_case()
+    eps, alpha, steps = DIAGNOSIS_SETTINGS
     got = attack(model, images, labels, eps, alpha, steps, random_start=False)
     if linf(got, expected) > 1e-5:
         for mistake in MISTAKES:
