@@ -410,7 +410,7 @@ class RobustValidation:
         s = self.settings
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
-            clean, robust = robust_accuracy(
+            r = attack_source(
                 self.model,
                 self.source,
                 s.eps,
@@ -419,9 +419,10 @@ class RobustValidation:
                 precision=self.precision,
                 limit=-(-s.eval_images // trainer.ctx.world_size),  # per process
             )
+        clean, robust = r.clean_acc, r.robust_acc
         self.history[epoch + 1] = (clean, robust)
         trainer.log.info(
-            f"epoch {epoch + 1}: PGD-{s.eval_steps} eps {s.eps} on {s.eval_images} validation "
+            f"epoch {epoch + 1}: PGD-{s.eval_steps} eps {s.eps} on {r.count} validation "
             f"images: clean {clean:.4f}, under attack {robust:.4f}"
         )
         if trainer.ctx.is_main:
@@ -518,7 +519,7 @@ def examples_figure(examples, class_names, eps, title) -> bytes:
         return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
 
     n = len(examples["labels"])
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.3 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 3.0 * n), squeeze=False)
     for row in range(n):
         clean, adv = examples["clean"][row], examples["adv"][row]
         label = int(examples["labels"][row])
@@ -533,6 +534,7 @@ def examples_figure(examples, class_names, eps, title) -> bytes:
         _show(axes[row, 2], adv)
         axes[row, 2].set_title(f"adversarial: {name(ap)}", color="black" if ap == label else "red")
     fig.suptitle(title)
+    fig.tight_layout()  # two-line titles otherwise run into the row above
     data = _png(fig)
     plt.close(fig)
     return data

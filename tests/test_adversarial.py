@@ -522,3 +522,70 @@ def test_cli_refuses_a_run_that_is_not_question_4(tmp_path):
         import demo_scratch  # noqa: F401
     except ModuleNotFoundError:
         assert "Question 4 (demo_scratch.py) is not in this kit" in proc.stderr
+
+
+TINY_ADVERSARIAL_PRESET = """
+scratch:
+  tiny_adv:
+    dataset: fashion_mnist
+    max_train_images: 256
+    val_images: 128
+    model: cnn
+    cnn_channels: [8]
+    cnn_convs_per_stage: 1
+    cnn_hidden: 32
+    custom_conv: false
+    augment: none
+    epochs: 1
+    batch_size: 64
+    eval_batch_size: 64
+    warmup_epochs: 0
+    precision: fp32
+    device: cpu
+    adversarial: {eps: 0.1, alpha: 0.05, steps: 1, eval_steps: 2, eval_images: 64}
+"""
+
+
+@pytest.mark.slow
+def test_question4_adversarial_run_and_the_cli_on_it(tmp_path):
+    """A tiny real-Fashion-MNIST adversarial run of demo_scratch.py (the 'adversarial:' key),
+    then the command line on it."""
+    if not FMNIST.is_dir():
+        pytest.skip(
+            f"real Fashion-MNIST not found in {FMNIST}; apt-get install -y dataset-fashion-mnist"
+        )
+    (tmp_path / "tiny.yml").write_text(TINY_ADVERSARIAL_PRESET)
+    run = tmp_path / "run"
+    demo = [sys.executable, str(ROOT / "demo_scratch.py"), "--config", str(tmp_path / "tiny.yml")]
+    proc = subprocess.run(
+        [*demo, "--exp_name", "tiny_adv", "--output_dir", str(run)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PGD-2 eps 0.1 on 64 validation images" in (run / "train.log").read_text()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_robust_acc")] == [1]
+    proc = run_cli("--run", str(run), "--steps", "2", "--limit", "64", "--sweep", "0,0.1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((run / "adversarial.json").read_text())
+    assert saved["num_images"] == 64 and saved["synthetic"] is False
+    assert saved["robust_acc"] <= saved["clean_acc"]
+    assert (run / "adversarial_examples.png").is_file() and (
+        run / "adversarial_sweep.png"
+    ).is_file()
+    bad = {"eps": 0.1, "epsilon": 1}
+    (tmp_path / "bad.yml").write_text(TINY_ADVERSARIAL_PRESET.replace(
+        "adversarial: {eps: 0.1, alpha: 0.05, steps: 1, eval_steps: 2, eval_images: 64}",
+        f"adversarial: {bad}",
+    ))  # fmt: skip
+    bad_demo = [*demo[:-1], str(tmp_path / "bad.yml")]
+    proc = subprocess.run(
+        [*bad_demo, "--exp_name", "tiny_adv", "--output_dir", str(tmp_path / "bad")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "unknown key 'epsilon'" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not (tmp_path / "bad").exists()
