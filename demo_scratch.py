@@ -38,6 +38,7 @@ import yaml
 from absl import app, flags
 from torch import nn
 
+import adversarial
 import demo_cli
 import scratch_data
 import synthetic_cifar
@@ -111,6 +112,9 @@ class ScratchConfig(TrainConfig):
     batch_size: int = 128  # images per optimiser step, over all processes
     eval_batch_size: int = 512  # per process
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    # adversarial training (adversarial.py): {eps, alpha, steps, eval_alpha, eval_steps,
+    # eval_images}; every training batch becomes PGD examples; null = clean training
+    adversarial: dict | None = None
 
 
 # ====================================================================== data
@@ -396,6 +400,7 @@ def finish(trainer: Trainer, result: dict, preds, test_labels, cfg, synthetic, s
 
 def train(cfg: ScratchConfig) -> None:
     start = time.time()
+    adv = adversarial.adversarial_config(cfg.adversarial)  # a bad setting: one line, now
     ctx = init_distributed(cfg.device)
     try:
         out = demo_cli.output_dir()  # checked before any slow work
@@ -415,6 +420,12 @@ def train(cfg: ScratchConfig) -> None:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info(f"model: {cfg.model}, {n_train:,} trainable parameters")
         train_src, val_src, test_src = batch_sources(cfg, splits, ctx)
+        robust_val = None
+        if adv is not None:  # Madry et al.: train on PGD examples, log val_robust_acc
+            train_src = adversarial.AdversarialBatches(
+                train_src, model, adv.eps, adv.alpha, adv.steps, precision=cfg.precision
+            )
+            robust_val = adversarial.RobustValidation(model, val_src, adv, cfg.precision)
         trainer = Trainer(
             model,
             train_src,
@@ -426,9 +437,14 @@ def train(cfg: ScratchConfig) -> None:
             loss_fn=make_loss(cfg.label_smoothing),
             resume=FLAGS.resume,
             logger=log,
+            on_step_end=robust_val,
         )
         t_fit = time.time()
-        result, preds = fit_and_predict(trainer, test_src, PREDICTIONS_FILE, cfg.precision)
+        try:
+            result, preds = fit_and_predict(trainer, test_src, PREDICTIONS_FILE, cfg.precision)
+        finally:
+            if robust_val is not None:
+                robust_val.close()
         if ctx.is_main:
             seconds = time.time() - t_fit
             finish(trainer, result, preds, splits["test"][1], cfg, synthetic, seconds)
