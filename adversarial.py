@@ -519,7 +519,7 @@ def examples_figure(examples, class_names, eps, title) -> bytes:
         return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
 
     n = len(examples["labels"])
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 3.0 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 3.0 * n), squeeze=False, layout="constrained")
     for row in range(n):
         clean, adv = examples["clean"][row], examples["adv"][row]
         label = int(examples["labels"][row])
@@ -534,7 +534,6 @@ def examples_figure(examples, class_names, eps, title) -> bytes:
         _show(axes[row, 2], adv)
         axes[row, 2].set_title(f"adversarial: {name(ap)}", color="black" if ap == label else "red")
     fig.suptitle(title)
-    fig.tight_layout()  # two-line titles otherwise run into the row above
     data = _png(fig)
     plt.close(fig)
     return data
