@@ -11,7 +11,9 @@
 # Environment modules to load before Python starts (space separated).
 #   e.g. SITE_MODULES="python/3.10.14 cuda/12.4.0 gcc-native/12.3"
 SITE_MODULES=""
-# A Python virtual environment with requirements.txt installed (folder holding bin/activate).
+# A Python virtual environment (folder holding bin/activate) for everyone's jobs. Make it once
+# with the versions the course was tested with (Python 3.11 or newer), from the kit's folder:
+#   python3 -m venv /shared/path/venv && /shared/path/venv/bin/pip install -r requirements-lock.txt
 # Empty: the venv or conda env active in the shell that ran sbatch, else `python3` on PATH.
 #   e.g. SITE_VENV="/work/nvme/bfdu/cs444/fa25/mp3/venv"
 SITE_VENV=""

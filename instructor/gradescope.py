@@ -3,6 +3,7 @@
 Layout (Gradescope unpacks it into ``/autograder/source``)::
 
     setup.sh                 installs a CPU build of torch and the rest (run once per image)
+    requirements-lock.txt    the versions setup.sh installs (those the grader was tested with)
     run_autograder           grades /autograder/submission into /autograder/results
     test_functions.py        the kit's trusted runners (no solution code)
     autograder/              the grader package, its assignment.yml,
@@ -88,6 +89,7 @@ def build_zip(out_zip, labels_dir, root=KIT_ROOT, assignment_path=None):
                 )
     for name in ("setup.sh", "run_autograder"):
         entries[name] = ((TEMPLATES / name).read_bytes(), True)
+    entries["requirements-lock.txt"] = ((root / "requirements-lock.txt").read_bytes(), False)
     # No solution code may ship.
     for name, (payload, _) in entries.items():
         if Path(name).name == "transformer_utils.py":
