@@ -537,7 +537,8 @@ def run_resume(c: Checker, part: Part, rec: Record):
     rc = c.wait(proc, rec.until)
     figs = {"sigterm_after_s": signalled, "first_exit": rc}
     text = (c.logs / f"{part.name}.log").read_text(errors="replace")
-    stop = re.findall(r"checkpoint written (at epoch \d+, step \d+|after epoch \d+)", text)
+    # "stopped by SIGTERM: checkpoint.pt written at epoch 1 of 6, step 3 of 4; continue ..."
+    stop = re.findall(r"checkpoint\.pt written at (.+?);", text)
     figs["stopped"] = stop[-1] if stop else None
     if rc is None:
         return "timeout", figs, "the first run did not stop in time"
@@ -548,7 +549,8 @@ def run_resume(c: Checker, part: Part, rec: Record):
     rc = c.call(part, cmd + ["--resume"], rec, rec.until)
     more, problem = demo_figures(c, run_dir, "test_flower.txt")
     log = (run_dir / "train.log").read_text(errors="replace")
-    resumed = re.findall(r"resumed from .*?: (epoch \d+, step \d+)", log)
+    # "resumed from RUN/checkpoint.pt at epoch 1 of 6, step 3 of 4" (the same words as the stop)
+    resumed = re.findall(r"resumed from \S+ at (.+)$", log, flags=re.M)
     figs.update(more, resumed_from=resumed[-1] if resumed else None, second_exit=rc)
     done, _, total = figs.get("epochs", "/").partition("/")
     if not problem and not resumed:

@@ -208,5 +208,5 @@ def test_quick_cpu_run_writes_one_json_with_every_figure(tmp_path):
     assert summary["targets"]["bench_flower_pipeline"]["met"] is None  # CPU: no verdict
 
     log = (out / "gpu_checks.log").read_text()
-    assert "===== resume_flower: ok" in log and "rerun with --resume" in log
+    assert "===== resume_flower: ok" in log and "continue with:" in log  # the stop line
     assert sorted(p.name for p in out.iterdir()) == ["gpu_checks.json", "gpu_checks.log"]
