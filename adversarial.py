@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from trainer import WrappedBatchSource, use_bf16
 from training_utils import UserError, atomic_write_bytes, atomic_write_text
 
 RESULT_FILE = "adversarial.json"
@@ -150,25 +151,19 @@ def _round_into_ball(adv, x0, eps):
 # ====================================================================== training and evaluation
 
 
-def _use_bf16(precision, device):
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    return device.type == "cuda" if precision == "auto" else precision == "bf16"
-
-
 def _attack_batch(model, images, labels, eps, alpha, steps, random_start, targeted, precision):
     """PGD under the same autocast as training (bf16 on CUDA by default), model in eval."""
     was_training = model.training
     model.eval()  # the attack must not update BatchNorm statistics or drop units
     try:
-        bf16 = _use_bf16(precision, images.device)
+        bf16 = use_bf16(precision, images.device)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
             return pgd_attack(model, images, labels, eps, alpha, steps, random_start, targeted)
     finally:
         model.train(was_training)
 
 
-class AdversarialBatches:
+class AdversarialBatches(WrappedBatchSource):
     """A Trainer batch source whose batches are PGD examples made with the current model.
 
     Adversarial training (Madry et al., 2018) minimises the loss on the worst images of the
@@ -196,19 +191,11 @@ class AdversarialBatches:
         precision: str = "auto",
     ):
         _check_attack_args(torch.zeros(1, 1, 1, 1), torch.zeros(1), eps, alpha, steps)
-        _use_bf16(precision, torch.device("cpu"))  # reject a bad value now, not mid-epoch
-        self.source, self.model = source, model
+        use_bf16(precision, torch.device("cpu"))  # reject a bad value now, not mid-epoch
+        super().__init__(source)
+        self.model = model
         self.eps, self.alpha, self.steps = eps, alpha, steps
         self.random_start, self.precision = random_start, precision
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def state_dict(self) -> dict:
-        return self.source.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.source.load_state_dict(state)
 
     def batches(self, epoch: int = 0, start: int = 0):
         for batch in self.source.batches(epoch, start):
@@ -282,7 +269,7 @@ def attack_source(
     try:
         for *inputs, labels in source.batches(0):
             images = inputs[0]
-            bf16 = _use_bf16(precision, images.device)
+            bf16 = use_bf16(precision, images.device)
             known = labels >= 0
             with torch.no_grad(), torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
                 clean_logits = model(images).float()

@@ -45,7 +45,7 @@ import synthetic_cifar
 from experiment_config import ConfigError, apply_overrides, to_dict
 from gpu_transforms import ImageBatchSource
 from scratch_models import ScratchCNN, ScratchViT
-from trainer import TrainConfig, Trainer, fit_and_predict, load_trainable_state
+from trainer import TrainConfig, Trainer, WrappedBatchSource, fit_and_predict, load_trainable_state
 from training_utils import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -172,23 +172,15 @@ def load_splits(cfg: ScratchConfig, folder: Path) -> dict[str, tuple[torch.Tenso
     }
 
 
-class ErasingBatchSource:
+class ErasingBatchSource(WrappedBatchSource):
     """Random erasing (Zhong et al., 2020) on top of another training batch source: with
     probability ``prob`` an image gets one rectangle (2-33% of its area, aspect 0.3-3.3)
     filled with one random grey/colour. Decided per epoch on the CPU (a resumed run erases
     the same rectangles) and applied per batch on the device with masks."""
 
     def __init__(self, source: ImageBatchSource, prob: float):
-        self.source, self.prob = source, prob
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def state_dict(self) -> dict:
-        return self.source.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.source.load_state_dict(state)
+        super().__init__(source)
+        self.prob = prob
 
     def _plan(self, epoch: int, n: int, channels: int, side: int) -> dict:
         g = torch.Generator().manual_seed(self.source.seed * 100_003 + epoch + 7_777_777)

@@ -179,6 +179,8 @@ def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if precision == "auto":
         return device.type == "cuda"
     return precision == "bf16"
@@ -187,6 +189,23 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast (matmuls and convs in bfloat16, reductions in float32)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+class WrappedBatchSource:
+    """Base of a batch source that changes the batches of another one (erasing, attacks):
+    the length and the state that decides future batches (the seed) are the wrapped one's."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def state_dict(self) -> dict:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state)
 
 
 # ====================================================================== trainer
