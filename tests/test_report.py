@@ -26,7 +26,7 @@ ENV = dict(
 
 PRESETS = """
 flower:
-  tiny:
+  tiny: &flower_tiny
     encoder_name: vit_tiny_test
     method: vpt
     num_prompts: 2
@@ -40,18 +40,8 @@ flower:
     resize_size: 36
     precision: fp32
   tiny_p1:
-    encoder_name: vit_tiny_test
-    method: vpt
+    <<: *flower_tiny
     num_prompts: 1
-    optimizer: adamw
-    lr: 0.02
-    scheduler: constant
-    epochs: 3
-    batch_size: 16
-    eval_batch_size: 64
-    image_size: 32
-    resize_size: 36
-    precision: fp32
 pixmo:
   tiny:
     model: point
