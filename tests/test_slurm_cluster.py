@@ -1,4 +1,4 @@
-"""flower.sbatch and pixmo.sbatch on a real (local, single-node) Slurm cluster.
+"""flower.sbatch, pixmo.sbatch and scratch.sbatch on a real (local, single-node) Slurm cluster.
 
 Needs Debian's slurm-wlm and munge (``bash tests/slurm/install_slurm.sh``) and root; without
 them every test here is skipped with the reason. The cluster (tests/slurm/local_cluster.py)
@@ -13,6 +13,10 @@ submitted at once and Slurm runs them in this order (dependencies), 4-10 minutes
 4. after 1: a longer flower run (the smoke preset for more epochs), uninterrupted;
 5. after 1: the same run with a 1-minute time limit, so the job gets the warning signal,
    checkpoints, requeues itself and resumes until done; its predictions must equal job 4's.
+
+6. last, once every job above has ended: the README's Question 4 smoke command (scratch.sbatch).
+   It is submitted only then because a third real demo next to the others starves them of
+   the two CPUs and their time limits (the requeue test's 1 minute) stop meaning anything.
 
 Next to them, small jobs with tests/slurm/fake_demo.py check that ``scancel`` is not undone
 by a requeue, and that a missing ``--output`` folder fails the job (why the README mkdirs).
@@ -39,8 +43,16 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 FAKE_DEMO = Path(__file__).parent / "slurm" / "fake_demo.py"
 SMALL = ["--cpus-per-task=1", "--mem=1G"]  # fake-demo jobs fit next to the real ones
-TEST_FILES = {"flower": "test_flower.txt", "pixmo": "test_pixmo.txt"}
-SYNTHETIC = {"flower": "flower-dataset-reduced", "pixmo": "pixmo_data"}
+TEST_FILES = {
+    "flower": "test_flower.txt",
+    "pixmo": "test_pixmo.txt",
+    "scratch": "test_predictions.txt",
+}
+SYNTHETIC = {
+    "flower": "flower-dataset-reduced/test_data.pkl",
+    "pixmo": "pixmo_data/test_data.pkl",
+    "scratch": "cifar-10-batches-py/test_batch",
+}
 WAIT = 900  # seconds; generous for a busy 2-core CI machine
 # Job 4: a 1-minute limit with the warning 10 s before it (the script's own timer; Slurm's
 # comes from a periodic check, up to ~30 s earlier). The demo must have imported torch by
@@ -161,9 +173,12 @@ def check_run_dir(run: Path, job: str, demo: str) -> list[str]:
 
 
 def n_test_images(kit: Path, demo: str) -> int:
-    """Size of the synthetic test set the demo generated (flowers: (X, y); PixMo: a list)."""
-    with open(kit / "synthetic-data" / SYNTHETIC[demo] / "test_data.pkl", "rb") as f:
-        data = pickle.load(f)
+    """Size of the synthetic test set the demo generated (flowers: (X, y); PixMo: a list;
+    CIFAR-10: the official pickle, a dict with b"labels")."""
+    with open(kit / "synthetic-data" / SYNTHETIC[demo], "rb") as f:
+        data = pickle.load(f, encoding="bytes")
+    if demo == "scratch":
+        return len(data[b"labels"])
     return len(data[1]) if demo == "flower" else len(data)
 
 
@@ -268,3 +283,14 @@ def test_time_limit_checkpoint_requeue_resume(cluster, jobs):
     assert finished(cluster, ref_job, ref_run)["Restarts"] == "0"
     reference = check_run_dir(ref_run, ref_job, "flower")
     assert preds == reference, "resumed run must predict exactly like the uninterrupted one"
+
+
+def test_readme_scratch_command_runs(cluster, kit, jobs):
+    """Question 4's README command, alone on the cluster (see the module docstring)."""
+    for job, _run in jobs.values():
+        cluster.wait(job, timeout=WAIT)  # ended, whatever its state: the tests above judge it
+    job = submit_readme(cluster, kit, "scratch_smoke")
+    run = kit / "runs_scratch" / "scratch_smoke"
+    assert finished(cluster, job, run)["Restarts"] == "0"
+    check_run_dir(run, job, "scratch")
+    assert (run / "summary.json").is_file()
