@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adversarial import check_settings, load_run, pgd_attack  # noqa: E402
+from adversarial import TensorBatches, check_settings, load_run, pgd_attack  # noqa: E402
 from training_utils import run_main  # noqa: E402
 
 
@@ -41,9 +41,7 @@ def compare(run, eps, alpha, steps, limit, batch_size, data_dir=None):
     theirs_attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
     clean = ours = theirs = differ = 0
     t_ours = t_theirs = 0.0
-    for s in range(0, len(labels), batch_size):
-        x = images[s : s + batch_size].float() / 255.0  # (B, C, H, W) in [0, 1]
-        y = labels[s : s + batch_size]
+    for x, y in TensorBatches(images, labels, batch_size, "cpu").batches():  # x in [0, 1]
         t = time.perf_counter()
         adv_ours = pgd_attack(model, x, y, eps, alpha, steps, random_start=False)
         t_ours += time.perf_counter() - t
@@ -51,10 +49,9 @@ def compare(run, eps, alpha, steps, limit, batch_size, data_dir=None):
         adv_theirs = theirs_attack(x, y)
         t_theirs += time.perf_counter() - t
         with torch.no_grad():
-            pred_clean = model(x).argmax(1)
             pred_ours = model(adv_ours).argmax(1)
             pred_theirs = model(adv_theirs).argmax(1)
-        clean += (pred_clean == y).sum().item()
+            clean += (model(x).argmax(1) == y).sum().item()
         ours += (pred_ours == y).sum().item()
         theirs += (pred_theirs == y).sum().item()
         differ += (pred_ours != pred_theirs).sum().item()
@@ -62,7 +59,7 @@ def compare(run, eps, alpha, steps, limit, batch_size, data_dir=None):
     return clean / n, ours / n, theirs / n, differ, t_ours, t_theirs
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run folder of demo_scratch.py")
     parser.add_argument("--eps", type=float, default=0.1)
@@ -73,25 +70,17 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--data_dir", default=None)
     args = parser.parse_args(argv)
-    got = []
-    run_main(
-        lambda: got.append(
-            compare(
-                args.run,
-                args.eps,
-                args.alpha,
-                args.steps,
-                args.limit,
-                args.batch_size,
-                args.data_dir,
-            )
-        )
+    run_main(lambda: report(args))
+
+
+def report(args) -> None:
+    """Print the comparison; exit status 1 when the two attacks disagree beyond tolerance."""
+    clean, ours, theirs, differ, t_ours, t_theirs = compare(
+        args.run, args.eps, args.alpha, args.steps, args.limit, args.batch_size, args.data_dir
     )
-    clean, ours, theirs, differ, t_ours, t_theirs = got[0]
     print(
         f"PGD-{args.steps} eps {args.eps} alpha {args.alpha}, no random start, "
-        f"first {args.limit} test images "
-        f"of {args.run}"
+        f"first {args.limit} test images of {args.run}"
     )
     print(f"clean accuracy          {clean:.4f}")
     print(f"robust accuracy, ours   {ours:.4f}  ({t_ours:.1f} s)")
@@ -100,10 +89,9 @@ def main(argv=None) -> int:
     print(f"difference {100 * gap:.2f} points; predictions differ on {differ} images")
     if gap > args.tolerance:
         print(f"FAIL: more than {100 * args.tolerance:.0f} points apart")
-        return 1
+        raise SystemExit(1)
     print(f"OK: within {100 * args.tolerance:.0f} points")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
