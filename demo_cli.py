@@ -1,6 +1,6 @@
-"""The command line and run start-up shared by demo_flower.py and demo_pixmo.py.
+"""The command line and run start-up shared by the demos (flower, PixMo, scratch).
 
-Both demos take the same flags (``--exp_name --output_dir --data_dir --weights --resume
+The demos take the same flags (``--exp_name --output_dir --data_dir --weights --resume
 --config``), read a preset from their section of config.yml, fall back to generated
 synthetic data only when ``--data_dir`` is NOT given and the default data folder is missing
 (a ``--data_dir`` that does not exist is an error, even when it names the default folder),
@@ -21,6 +21,7 @@ import torch.distributed as dist
 from absl import flags
 
 from experiment_config import ConfigError, load_preset, read_data_sources
+from trainer import TrainConfig, Trainer
 from training_utils import (
     DistContext,
     UserError,
@@ -168,6 +169,26 @@ def open_run(out: Path, resolved: dict, ctx: DistContext, synthetic_banner: str 
         log.warning(synthetic_banner)
     log.info(f"run {out}: preset {FLAGS.exp_name}, {ctx.world_size} process(es) on {ctx.device}")
     return log
+
+
+def make_trainer(
+    model, train_src, val_src, out: Path, cfg, ctx: DistContext, resolved: dict, log, **options
+):
+    """The Trainer of a demo run in ``out`` (opened by ``open_run``): ``cfg``'s training
+    settings (its TrainConfig fields) and --resume; ``options`` go to Trainer as they are
+    (``loss_fn``, ``on_step_end``)."""
+    return Trainer(
+        model,
+        train_src,
+        val_src,
+        out,
+        TrainConfig.from_config(cfg),
+        dist_ctx=ctx,
+        full_config=resolved,
+        resume=FLAGS.resume,
+        logger=log,
+        **options,
+    )
 
 
 def make_main(section: str, config_cls: type, train: Callable) -> Callable[[list[str]], None]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,7 +40,7 @@ from custom_dataset import (
 )
 from experiment_config import to_dict
 from fine_tune import ViTLinear, ViTPrompt
-from trainer import TrainConfig, Trainer, fit_and_predict
+from trainer import TrainConfig, fit_and_predict
 from training_utils import (
     UserError,
     cleanup_distributed,
@@ -54,8 +54,10 @@ FLAGS = flags.FLAGS  # declared by demo_cli.define_flags when run as a script
 
 
 @dataclass
-class FlowerConfig:
-    """Every setting of a flower run; config.yml presets override these defaults."""
+class FlowerConfig(TrainConfig):
+    """Every setting of a flower run: the training settings (TrainConfig, whose defaults are
+    the original handout's SGD recipe) and the model and data ones below; config.yml presets
+    override any of them."""
 
     # model
     encoder_name: Literal["vit_b_32", "vit_tiny_test"] = "vit_b_32"
@@ -64,33 +66,15 @@ class FlowerConfig:
     deep_prompts: bool = True  # VPT-Deep (every layer) or VPT-Shallow (first layer)
     prompt_dropout: float = 0.0
     weights: str = ""  # ViT-B/32 weights file; "" = torchvision IMAGENET1K_V1 (cache/download)
-    # optimisation
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.001
-    weight_decay: float = 0.01
-    momentum: float = 0.99
-    scheduler: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [60, 80])
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    epochs: int = 100
-    batch_size: int = 32  # images per optimiser step, over all processes
-    eval_batch_size: int = 128  # per process
     # data
     data_dir: str = DEFAULT_DATA_DIR
     image_size: int = 224
     resize_size: int = 256
     max_train_images: int = 0  # 0 = all; smoke runs use fewer
     max_val_images: int = 0
-    # machine
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
-    compile: bool = False
-    compile_mode: str = "default"  # e.g. "reduce-overhead" (CUDA graphs) with compile: true
     channels_last: bool = True  # on CUDA only
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 1  # epochs between checkpoint.pt writes (a stop always writes one)
+    # training: TrainConfig's defaults, but for the handout's SGD momentum
+    momentum: float = 0.99
 
 
 def banner() -> str:
@@ -179,17 +163,7 @@ def train(cfg: FlowerConfig) -> None:
             f"images resized once and stored as uint8 on {ctx.device} in {time.time() - t0:.1f}s"
         )
 
-        trainer = Trainer(
-            model,
-            train_src,
-            val_src,
-            out,
-            TrainConfig.from_config(cfg),
-            dist_ctx=ctx,
-            full_config=resolved,
-            resume=FLAGS.resume,
-            logger=log,
-        )
+        trainer = demo_cli.make_trainer(model, train_src, val_src, out, cfg, ctx, resolved, log)
         _, preds = fit_and_predict(
             trainer, test_src, "test_flower.txt", cfg.precision, synthetic=synthetic
         )

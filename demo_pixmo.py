@@ -41,7 +41,7 @@ from custom_dataset import (
 )
 from experiment_config import to_dict
 from model import WeightsError, build_pixmo_model, load_resnet34_weights
-from trainer import TrainConfig, Trainer, fit_and_predict
+from trainer import TrainConfig, fit_and_predict
 from training_utils import (
     UserError,
     cleanup_distributed,
@@ -55,8 +55,9 @@ FLAGS = flags.FLAGS  # declared by demo_cli.define_flags when run as a script
 
 
 @dataclass
-class PixmoConfig:
-    """Every setting of a PixMo run; config.yml presets override these defaults."""
+class PixmoConfig(TrainConfig):
+    """Every setting of a PixMo run: the training settings (TrainConfig, with this demo's
+    recipe below) and the model and data ones; config.yml presets override any of them."""
 
     # model (see model.py)
     model: Literal["baseline", "point"] = "baseline"
@@ -75,18 +76,6 @@ class PixmoConfig:
     download_weights: bool = True
     bn_calibration_images: int = 256  # random trunk only: BatchNorm statistics from these
     fuse_frozen_bn: bool = True  # fold frozen BatchNorms into their convs (same outputs, faster)
-    # optimisation (AdamW with weight_decay 0 is exactly Adam)
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    scheduler: Literal["multistep", "cosine", "constant"] = "constant"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    epochs: int = 20
-    batch_size: int = 16  # examples per optimiser step, over all processes
-    eval_batch_size: int = 64  # per process
     # data
     data_dir: str = DEFAULT_DATA_DIR
     image_size: int = 224  # images are padded to a square and resized to this once
@@ -100,14 +89,16 @@ class PixmoConfig:
     synthetic_sizes: list[int] = field(default_factory=lambda: [2500, 500, 500])
     synthetic_min_side: int = 300
     synthetic_max_side: int = 700
-    # machine
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
-    compile: bool = False
     channels_last: bool = True  # on CUDA only
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 1  # epochs between checkpoint.pt writes (a stop always writes one)
+    # training: this demo's recipe (AdamW with weight_decay 0 is exactly Adam)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    scheduler: Literal["multistep", "cosine", "constant"] = "constant"
+    milestones: list[int] = field(default_factory=list)
+    epochs: int = 20
+    batch_size: int = 16  # examples per optimiser step, over all processes
+    eval_batch_size: int = 64  # per process
 
 
 def banner() -> str:
@@ -268,17 +259,7 @@ def train(cfg: PixmoConfig) -> None:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info(f"model: {cfg.model}, {n_train:,} trainable parameters")
 
-        trainer = Trainer(
-            model,
-            train_src,
-            val_src,
-            out,
-            TrainConfig.from_config(cfg),
-            dist_ctx=ctx,
-            full_config=resolved,
-            resume=FLAGS.resume,
-            logger=log,
-        )
+        trainer = demo_cli.make_trainer(model, train_src, val_src, out, cfg, ctx, resolved, log)
         _, preds = fit_and_predict(
             trainer, test_src, "test_pixmo.txt", cfg.precision, synthetic=synthetic
         )

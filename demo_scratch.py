@@ -101,9 +101,8 @@ class ScratchConfig(TrainConfig):
     flip: bool = True  # horizontal flips with crop_flip (digits: false)
     erase_prob: float = 0.25  # crop_flip_erase: chance that an image gets a random rectangle
     label_smoothing: float = 0.0
-    # optimisation: TrainConfig's keys, with other defaults
+    # training: this demo's recipe (TrainConfig's keys, other defaults)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 1e-3
     weight_decay: float = 0.05
     scheduler: Literal["multistep", "cosine", "constant"] = "cosine"
     milestones: list[int] = field(default_factory=list)
@@ -111,7 +110,6 @@ class ScratchConfig(TrainConfig):
     epochs: int = 50
     batch_size: int = 128  # images per optimiser step, over all processes
     eval_batch_size: int = 512  # per process
-    device: Literal["auto", "cuda", "cpu"] = "auto"
     # adversarial training (adversarial.py): {eps, alpha, steps, eval_alpha, eval_steps,
     # eval_images}; every training batch becomes PGD examples; null = clean training
     adversarial: dict | None = None
@@ -418,17 +416,16 @@ def train(cfg: ScratchConfig) -> None:
                 train_src, model, adv.eps, adv.alpha, adv.steps, precision=cfg.precision
             )
             robust_val = adversarial.RobustValidation(model, val_src, adv, cfg.precision)
-        trainer = Trainer(
+        trainer = demo_cli.make_trainer(
             model,
             train_src,
             val_src,
             out,
-            TrainConfig.from_config(cfg),
-            dist_ctx=ctx,
-            full_config=resolved,
+            cfg,
+            ctx,
+            resolved,
+            log,
             loss_fn=make_loss(cfg.label_smoothing),
-            resume=FLAGS.resume,
-            logger=log,
             on_step_end=robust_val,
         )
         t_fit = time.time()

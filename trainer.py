@@ -106,7 +106,10 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 @dataclass
 class TrainConfig:
-    """Training settings the Trainer reads (a demo's own config may hold more keys)."""
+    """The training settings every demo shares: optimiser, schedule, batch, machine. A
+    demo's config subclasses it, adds its data and model settings and may give some of
+    these other defaults (its recipe); the defaults here are Question 2's (SGD, lr 1e-3,
+    lr / 10 at epochs 60 and 80 of 100, batch 32), but for the momentum."""
 
     epochs: int = 100
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -117,6 +120,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [60, 80])  # epochs (multistep)
     gamma: float = 0.1  # multistep factor
     warmup_epochs: float = 0.0  # linear warm-up (any scheduler)
+    batch_size: int = 32  # images per optimiser step, over all processes
+    eval_batch_size: int = 128  # per process
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when there is one
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the model
     compile_mode: str = "default"  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
