@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -192,6 +194,11 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16"
 
 
+def cpu_compiler_found() -> bool:
+    """Whether a C++ compiler is on PATH, which torch.compile needs to run on a CPU."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++", "c++", "cl") if c)
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast (matmuls and convs in bfloat16, reductions in float32)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -274,13 +281,21 @@ class Trainer:
         self._stop = False
 
         compile_fn = lambda m: torch.compile(m, mode=config.compile_mode)  # noqa: E731
-        self.eval_model = compile_fn(model) if config.compile else model
+        use_compile = config.compile
+        if use_compile and self.ctx.device.type == "cpu" and not cpu_compiler_found():
+            # Inductor writes C++ on a CPU; without a compiler the first step would fail.
+            self.log.warning(
+                "compile: true, but torch.compile on a CPU needs a C++ compiler (g++ or clang++; "
+                "$CXX) and none was found: training without it (same model, slower)"
+            )
+            use_compile = False
+        self.eval_model = compile_fn(model) if use_compile else model
         self.train_model = self.eval_model
         if self.ctx.distributed:
             ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.ctx.local_rank] if self.ctx.device.type == "cuda" else None
             )
-            self.train_model = compile_fn(ddp) if config.compile else ddp
+            self.train_model = compile_fn(ddp) if use_compile else ddp
         self.optimizer = build_optimizer(model.parameters(), config)
         self.scheduler = build_scheduler(self.optimizer, config, len(train_source))
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0

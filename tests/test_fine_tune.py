@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+import trainer as trainer_module
 from fine_tune import ViTPrompt
 from gpu_transforms import (
     ImageBatchSource,
@@ -243,6 +244,20 @@ def test_background_saver_snapshots_at_save_time_and_reports_errors(tmp_path):
     saver.save({"w": weights}, tmp_path / "missing" / "c.pt")  # a folder that does not exist
     with pytest.raises(RuntimeError, match="does not exist"):
         saver.wait()  # the write's error reaches the caller
+
+
+def test_compile_without_a_cpu_compiler_trains_eagerly_and_says_so(tmp_path, monkeypatch):
+    _, model = tiny_run(tmp_path / "first", epochs=1)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.setattr(trainer_module.shutil, "which", lambda name: "/usr/bin/" + name)
+    compiled = Trainer(model, make_source(True), make_source(False), tmp_path / "a",
+                       TrainConfig(compile=True))  # fmt: skip
+    assert compiled.train_model is not model, "compile: true with a compiler must compile"
+    monkeypatch.setattr(trainer_module.shutil, "which", lambda name: None)
+    trainer = Trainer(model, make_source(True), make_source(False), tmp_path / "b",
+                      TrainConfig(compile=True))  # fmt: skip
+    assert trainer.train_model is model and trainer.eval_model is model, "compiled anyway"
+    assert "needs a C++ compiler" in (tmp_path / "b" / "train.log").read_text()
 
 
 def test_accuracy_counts_every_sample(tmp_path):
