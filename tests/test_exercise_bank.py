@@ -111,10 +111,14 @@ def _load_pickle(path):
         return pickle.load(f)
 
 
+SCALE_RTOL = 3e-5  # of a tensor's largest |value|: rounding of another CPU, not a change
+
+
 def differences(fresh, committed, where="", rtol=1e-5, atol=1e-6):
-    """Where two reference-data objects differ by value (tensors: within rtol/atol, the rest
-    exactly); the measured errors in the grading records only within a factor of 4, since
-    they are the rounding errors of the torch that ran the generator."""
+    """Where two reference-data objects differ by value (tensors: within rtol/atol or
+    SCALE_RTOL of their scale, the rest exactly); the measured errors in the grading records
+    and the tolerances derived from them only within SPREAD_FACTOR, since they are the
+    rounding errors of the torch and the CPU that ran the generator."""
     import torch
 
     if isinstance(committed, torch.Tensor):
@@ -127,7 +131,14 @@ def differences(fresh, committed, where="", rtol=1e-5, atol=1e-6):
             return [] if torch.equal(fresh, committed) else [f"{where}: values differ"]
         if torch.allclose(fresh, committed, rtol=rtol, atol=atol, equal_nan=True):
             return []
-        return [f"{where}: max difference {(fresh - committed).abs().max().item():.3g}"]
+        # Another CPU's float32 kernels sum in another order (seen: AVX-512 against the
+        # generating machine), and a softmax magnifies that for small entries next to large
+        # ones: up to 7.5e-6 of the tensor's largest value. Against that scale, 3e-5 still
+        # sees a target changed by 1e-4 (test_a_changed_generator_fails_...).
+        error = (fresh - committed).abs().max().item()
+        if error <= SCALE_RTOL * committed.abs().max().item():
+            return []
+        return [f"{where}: max difference {error:.3g}"]
     if isinstance(committed, dict):
         if not isinstance(fresh, dict) or list(fresh) != list(committed):
             return [f"{where}: keys {list(committed)} became {list(fresh)[:20]}"]
@@ -135,6 +146,8 @@ def differences(fresh, committed, where="", rtol=1e-5, atol=1e-6):
         for key in committed:
             if key == "spread":  # measured rounding errors: same order of magnitude
                 found += _spread_differences(fresh[key], committed[key], f"{where}/spread")
+            elif key in MEASURED_TOLERANCES and _within_factor(fresh[key], committed[key]):
+                continue  # derived from this machine's rounding (SAFETY_FACTOR x the need)
             else:
                 found += differences(fresh[key], committed[key], f"{where}/{key}", rtol, atol)
         return found
@@ -146,6 +159,21 @@ def differences(fresh, committed, where="", rtol=1e-5, atol=1e-6):
     return [] if fresh == committed else [f"{where}: {committed!r} became {fresh!r}"]
 
 
+# A grading tolerance is SAFETY_FACTOR x the error the correct answers need ON THE MACHINE
+# THAT RUNS THE GENERATOR, and another CPU rounds differently (seen: an AVX-512 Xeon made one
+# atol 2e-05 where the committed data has 1e-05, a spread 5.7x smaller): such numbers must
+# agree within SPREAD_FACTOR, the rest exactly. tests/test_correct_variants.py checks what
+# matters on every machine: each correct answer passes the committed tolerances.
+MEASURED_TOLERANCES = ("atol", "strict_atol")
+SPREAD_FACTOR = 8
+
+
+def _within_factor(fresh, committed):
+    if not isinstance(fresh, float) or not isinstance(committed, float):
+        return False
+    return committed / SPREAD_FACTOR <= fresh <= committed * SPREAD_FACTOR
+
+
 def _spread_differences(fresh, committed, where):
     if list(fresh) != list(committed):
         return [f"{where}: variants {list(committed)} became {list(fresh)}"]
@@ -153,7 +181,7 @@ def _spread_differences(fresh, committed, where):
         f"{where}/{name}/{k}: {committed[name][k]:.2g} became {fresh[name][k]:.2g}"
         for name in committed
         for k in committed[name]
-        if not committed[name][k] / 4 <= fresh[name][k] <= committed[name][k] * 4
+        if not _within_factor(fresh[name][k], committed[name][k])
     ]
 
 
