@@ -248,7 +248,8 @@ def test_background_saver_snapshots_at_save_time_and_reports_errors(tmp_path):
 
 def test_compile_without_a_cpu_compiler_trains_eagerly_and_says_so(tmp_path, monkeypatch):
     _, model = tiny_run(tmp_path / "first", epochs=1)
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
     monkeypatch.setattr(trainer_module.shutil, "which", lambda name: "/usr/bin/" + name)
     compiled = Trainer(model, make_source(True), make_source(False), tmp_path / "a",
                        TrainConfig(compile=True))  # fmt: skip
