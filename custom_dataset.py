@@ -1,8 +1,10 @@
 """Datasets for Question 2 (flowers) and Question 3 (PixMo points).
 
-Both read the real pickle formats of the assignment's data. Images are decoded and resized
-once, kept as uint8 tensors, and augmented per batch on the training device, so the GPU
-never waits on Python image code.
+Both read the real pickle formats of the assignment's data and check every example, so a
+bad file stops the demo with one line naming it. The demos keep the images as uint8 on the
+training device and augment whole batches there (``kit/flower/recipe.py``,
+``kit/pixmo/recipe.py``), so the GPU never waits on Python image code; the PixMo geometry
+below (pad, resize, crop, flip: the point always moves with its pixels) is what they use.
 """
 
 # ============================== Question 2: flowers ==============================
@@ -11,20 +13,8 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as TF
-from PIL import Image
 
-from gpu_transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageBatchSource,
-    center_crop,
-    pad_stack,
-    resize_shorter_side,
-    to_chw_uint8,
-)
-from training_utils import UserError
+from kit.errors import UserError
 
 FLOWER_CLASSES = 102
 FLOWER_SPLITS = ("train", "val", "test")
@@ -90,114 +80,9 @@ def load_flower_split(data_dir, split: str, num_classes: int = FLOWER_CLASSES):
     return images, labels
 
 
-def train_store(images, resize_size: int, device=None):
-    """Resize every image once (shorter side -> resize_size) and pad them into one uint8 store.
-
-    Returns (store (N, 3, Hmax, Wmax) uint8, sizes (N, 2)) on ``device``; random crops are cut
-    from it per batch (``gpu_transforms.crop_flip``). The store is padded to the largest
-    image, so a rare panorama would blow it up: the long side is centre-cropped to at most
-    2 x resize_size (flower photos are far less elongated, so this changes nothing there).
-    """
-    resized = []
-    for im in images:
-        im = resize_shorter_side(to_chw_uint8(im).to(device), resize_size)  # (3, H', W')
-        h, w = im.shape[1:]
-        cap = 2 * resize_size
-        if max(h, w) > cap:
-            im = TF.center_crop(im, [min(h, cap), min(w, cap)])
-        resized.append(im)
-    return pad_stack(resized, device)
-
-
-def eval_store(images, resize_size: int, crop: int, device=None) -> torch.Tensor:
-    """The evaluation transform, applied once: resize shorter side, centre crop.
-    Returns (N, 3, crop, crop) uint8 on ``device``."""
-    out = torch.empty(len(images), 3, crop, crop, dtype=torch.uint8, device=device)
-    for i, im in enumerate(images):
-        out[i] = center_crop(resize_shorter_side(to_chw_uint8(im).to(device), resize_size), crop)
-    return out
-
-
 def load_flower_splits(data_dir, num_classes: int = FLOWER_CLASSES) -> dict:
     """All three splits, checked: {'train': (images, labels), 'val': ..., 'test': ...}."""
     return {split: load_flower_split(data_dir, split, num_classes) for split in FLOWER_SPLITS}
-
-
-def flower_batch_sources(
-    splits: dict,
-    *,
-    batch_size: int,
-    eval_batch_size: int,
-    image_size: int = 224,
-    resize_size: int = 256,
-    max_train_images: int = 0,
-    max_val_images: int = 0,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    device=None,
-    channels_last: bool = False,
-    log=print,
-):
-    """(train, val, test) ``ImageBatchSource`` objects from ``load_flower_splits``' result.
-
-    Train: random crop ``image_size`` of the image resized to ``resize_size`` + random flip.
-    Validation and test: resize + centre crop (the evaluation transform; no augmentation).
-    ``max_*_images`` > 0 keeps only the first images of a split (smoke runs); the test split
-    is always complete, so test_flower.txt has one line per test image. The test source is
-    not sharded: only rank 0 predicts.
-    """
-    common = dict(
-        crop=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, channels_last=channels_last
-    )
-    sources = []
-    for split, limit in (("train", max_train_images), ("val", max_val_images), ("test", 0)):
-        images, labels = splits[split]
-        if limit > 0:
-            images, labels = images[:limit], labels[:limit]
-        log(f"{split}: {len(images)} images")
-        labels_t = torch.from_numpy(labels)
-        if split == "train":
-            store, sizes = train_store(images, resize_size, device)
-            src = ImageBatchSource(
-                store,
-                labels_t,
-                sizes=sizes,
-                batch_size=batch_size,
-                train=True,
-                seed=seed,
-                rank=rank,
-                world_size=world_size,
-                **common,
-            )
-        else:
-            store = eval_store(images, resize_size, image_size, device)
-            shard = (rank, world_size) if split == "val" else (0, 1)
-            src = ImageBatchSource(
-                store,
-                labels_t,
-                batch_size=eval_batch_size,
-                train=False,
-                rank=shard[0],
-                world_size=shard[1],
-                **common,
-            )
-        sources.append(src)
-    return tuple(sources)
-
-
-class FlowerPILDataset(torch.utils.data.Dataset):
-    """The original kit's per-image pipeline (PIL image -> torchvision transform), kept as the
-    baseline of ``benchmarks/bench_flower_pipeline.py``. Returns (transform(image), label)."""
-
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
 # END flower section
@@ -214,7 +99,7 @@ import numpy as np  # noqa: E402, F811
 import torch  # noqa: E402, F811
 import torch.nn.functional as F  # noqa: E402, F811
 
-from gpu_transforms import normalize  # noqa: E402, F811
+from kit.image_ops import normalize  # noqa: E402, F811
 
 PIXMO_NUM_CLASSES = 20
 PIXMO_SPLITS = ("train", "val", "test")
@@ -407,7 +292,7 @@ def augment_pixmo_batch(images, points, generator=None, **options):
 
 def normalize_pixmo(images, channels_last=False):
     """(B, 3, S, S) uint8 or 0..255 float -> float32 normalised with the ImageNet mean/std
-    (the statistics of the ResNet-34 weights); ``gpu_transforms.normalize`` does the work."""
+    (the statistics of the ResNet-34 weights); ``kit.image_ops.normalize`` does the work."""
     return normalize(images, channels_last=channels_last)
 
 
@@ -417,7 +302,7 @@ class PixmoPointsDataset(torch.utils.data.Dataset):
     Every image is padded to a centred square and resized to ``size`` ONCE, here, and kept as
     uint8; the point goes through the same padding and scaling. Augmentation (crop, scale,
     flip) then runs per batch on the training device with ``augment_pixmo_batch``; see
-    ``pixmo_batches`` for the fast path. ``__getitem__`` is there for plain DataLoader use.
+    ``kit.pixmo.recipe.PixmoBatchSource`` for the fast path. ``__getitem__`` is there for plain DataLoader use.
 
     Args:
         data: a directory holding ``<split>_data.pkl``, or the already loaded list of dicts
@@ -459,117 +344,6 @@ class PixmoPointsDataset(torch.utils.data.Dataset):
         if self.augment:
             image, point = augment_pixmo_batch(image, point)
         return normalize_pixmo(image)[0], int(self.labels[index]), point[0]
-
-
-class PixmoBatchSource:
-    """A Trainer batch source over PixMo tensors kept on the training device.
-
-    Yields ``(images, points, labels)``: images (B, 3, S, S) float normalised, points (B, 2)
-    float pixels of the S x S image, labels (B,) int64 (-1 where unknown). No DataLoader and
-    no Python per-pixel work: each step indexes the uint8 store and augments (training) and
-    normalises the whole batch on the device.
-
-    Training: each epoch has a plan (order, crop/scale/flip parameters of every example) drawn
-    on the CPU from ``seed`` and the epoch number, so a resumed run sees exactly the same
-    batches. The job's batch is ``batch_size`` examples; under DDP each of the ``world_size``
-    ranks takes its own equal slice, and an epoch's final incomplete batch is dropped.
-    Evaluation: every example exactly once, in order, in contiguous chunks across ranks.
-
-    Args:
-        images: (N, 3, S, S) uint8; points: (N, 2) float; labels: (N,) int64.
-        batch_size, train, seed, rank, world_size: as above.
-        augment: options for ``sample_augmentation`` (min_scale, max_aspect, flip_p, margin;
-            ``{}`` for its defaults), or None to train on the stored images as they are.
-        channels_last: return images in channels_last memory format (faster convs on GPUs).
-        device: where the store lives (default: where ``images`` already are).
-    """
-
-    def __init__(
-        self,
-        images,
-        points,
-        labels,
-        *,
-        batch_size,
-        train,
-        seed=0,
-        rank=0,
-        world_size=1,
-        augment=None,
-        channels_last=False,
-        device=None,
-    ):
-        if train and batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} must divide among {world_size} processes")
-        device = images.device if device is None else torch.device(device)
-        self.images, self.points = images.to(device), points.to(device).float()
-        self.labels, self.device = labels.to(device), device
-        self.points_cpu = points.detach().float().cpu()  # for the per-epoch plan
-        self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.rank, self.world_size = rank, world_size
-        self.augment = None if augment is None else dict(augment)
-        self.channels_last = channels_last
-
-    @property
-    def num_samples(self):
-        return len(self.labels)
-
-    def __len__(self):
-        """Batches per epoch on this rank."""
-        if self.train:
-            return self.num_samples // self.batch_size
-        return -(-len(self._eval_indices()) // self.batch_size)
-
-    def state_dict(self):
-        return {"seed": self.seed}
-
-    def load_state_dict(self, state):
-        self.seed = int(state["seed"])
-
-    def _eval_indices(self):
-        return torch.arange(self.num_samples).tensor_split(self.world_size)[self.rank]
-
-    def epoch_plan(self, epoch):
-        """Order and augmentation parameters of every example for one epoch (CPU, seeded)."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self.num_samples, generator=generator)
-        if self.augment is None:
-            return {"order": order}
-        size = self.images.shape[-1]
-        params = sample_augmentation(self.points_cpu[order], size, generator, **self.augment)
-        return {"order": order, **params}
-
-    def _finish(self, images, points, labels):
-        return normalize_pixmo(images, self.channels_last), points, labels
-
-    def batches(self, epoch=0, start=0):
-        """Yield this rank's batches of ``epoch``, starting at batch number ``start``."""
-        if not self.train:
-            index = self._eval_indices().to(self.device)
-            for b in range(start, len(self)):
-                sel = index[b * self.batch_size : (b + 1) * self.batch_size]
-                yield self._finish(self.images[sel], self.points[sel], self.labels[sel])
-            return
-        # One host-to-device copy per epoch: no per-batch synchronisation with the GPU.
-        plan = {k: v.to(self.device) for k, v in self.epoch_plan(epoch).items()}
-        per_rank = self.batch_size // self.world_size
-        for b in range(start, len(self)):
-            low = b * self.batch_size + self.rank * per_rank
-            part = slice(low, low + per_rank)
-            sel = plan["order"][part]
-            images, points = self.images[sel], self.points[sel]
-            if self.augment is not None:
-                images, points = apply_augmentation(
-                    images,
-                    points,
-                    plan["scales"][part],
-                    plan["corners"][part],
-                    plan["flip"][part],
-                )
-            yield self._finish(images, points, self.labels[sel])
-
-    def __iter__(self):
-        return self.batches(0)
 
 
 # END pixmo section

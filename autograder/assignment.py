@@ -15,6 +15,21 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 KIT_ROOT = PACKAGE_DIR.parent  # repository root, or /autograder/source in the zip
 
 
+# The trusted code that runs the student's exercises inside the sandbox: the exercise-check
+# runtime (runners, forbidden ops, stand-ins), shipped in the Gradescope zip at these paths.
+SANDBOX_KIT = ("kit/__init__.py", "kit/exercise_checks")
+
+
+def sandbox_kit_files(root=KIT_ROOT):
+    """``{relative path: bytes}`` of the ``SANDBOX_KIT`` files of the kit at ``root``."""
+    files = {}
+    for rel in SANDBOX_KIT:
+        path = Path(root) / rel
+        for f in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            files[f.relative_to(root).as_posix()] = f.read_bytes()
+    return files
+
+
 class AssignmentError(Exception):
     """The assignment file is missing, malformed or inconsistent (one-line message)."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import compare, data, sandbox
-from .assignment import KIT_ROOT, load_assignment
+from .assignment import KIT_ROOT, load_assignment, sandbox_kit_files
 from .declarations import number_key, read_declarations
 from .predictions import PredictionError, grade_predictions, read_capped, read_labels
 from .results import normalise, write_results
@@ -187,7 +187,7 @@ def _start_exercises(assignment, decls, sub_root, opts, protected, unwritable):
     state["data"] = {
         i: data.load_exercise(i, opts.reference_dir or data.REFERENCE_DIR) for i in ids
     }
-    kit_files = {"test_functions.py": (kit_root / "test_functions.py").read_bytes()}
+    kit_files = sandbox_kit_files(kit_root)
     state["res"] = sandbox.start_sandbox(
         [{"id": i, "timeout_s": limits["timeout_s"]} for i in ids],
         source,
@@ -438,8 +438,8 @@ def _protected_paths(assignment, kit_root, reference_dir, labels_dir, submission
         submission,
         *(Path(p).absolute() for p in opts.shared),
     ]
-    untouched = [results, kit_root, kit_root / "test_functions.py", kit_root / "instructor",
-                 data.PACKAGE_DIR, labels_dir, submission]  # fmt: skip
+    untouched = [results, kit_root, kit_root / "test_functions.py", kit_root / "kit",
+                 kit_root / "instructor", data.PACKAGE_DIR, labels_dir, submission]  # fmt: skip
     return [str(p) for p in secret], [str(p) for p in untouched]
 
 

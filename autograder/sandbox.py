@@ -508,8 +508,8 @@ def start_sandbox(
     """Start the sandbox on the student's file and return at once (see :func:`finish_sandbox`).
 
     ``exercises`` is a list of ``{'id', 'timeout_s'}``; ``student_file`` the student's
-    transformer_utils.py as bytes (already read safely); ``kit_files`` maps trusted file names
-    (test_functions.py) to bytes; ``inputs`` maps an exercise id to the pickled list of case
+    transformer_utils.py as bytes (already read safely); ``kit_files`` maps the trusted files'
+    relative paths (the exercise-check runtime, ``kit/exercise_checks/*.py``) to bytes; ``inputs`` maps an exercise id to the pickled list of case
     inputs (never targets).
     """
     caps = detect(allow_namespaces, force_userns)
@@ -525,7 +525,9 @@ def start_sandbox(
         (box / sub).mkdir(mode=0o755)
     (box / "student" / "transformer_utils.py").write_bytes(student_file)
     for name, data in kit_files.items():
-        (box / "kit" / name).write_bytes(data)
+        target = box / "kit" / name
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.write_bytes(data)
     for ex_id, data in inputs.items():
         (box / "inputs" / f"{ex_id}.pkl").write_bytes(data)
     shutil.copyfile(CHILD_SCRIPT, box / "sandbox_child.py")

@@ -12,7 +12,7 @@ Lifecycle:
    so the grader can say which protections really held.
 2. import torch once (the expensive part), with no student code loaded yet;
 3. per exercise: fork a FRESH process, drop it to the sandbox user with rlimits, import the
-   student's transformer_utils and the kit's trusted test_functions there, run
+   student's transformer_utils and the kit's trusted exercise checks there, run
    ``RUNNERS[id](tu, case_input)`` on each case, save the outputs as ``.npy`` arrays in an
    ``.npz`` archive (never pickle) and a small status JSON; the supervisor enforces the
    wall-clock timeout and then kills every process of the sandbox user (leftovers included)
@@ -324,16 +324,17 @@ def run_exercise(ex):
         stage = "importing transformer_utils.py"
         import transformer_utils as tu
 
-        tf = sys.modules["test_functions"]  # the kit's trusted copy, imported before the fork
+        # the kit's trusted exercise checks, imported before the fork
+        from kit.exercise_checks import forbidden, harness, runners
 
         with open(os.path.join(JOB["inputs"], ex["id"] + ".pkl"), "rb") as fh:
             cases = _decode(pickle.load(fh))
-        runner = tf.RUNNERS[ex["id"]]
+        runner = runners.RUNNERS[ex["id"]]
         arrays, types = {}, {}
         for i, case_input in enumerate(cases):
-            stage = f"running case {i + 1} of {len(cases)} [{tf.describe_input(case_input)}]"
+            stage = f"running case {i + 1} of {len(cases)} [{harness.describe_input(case_input)}]"
             torch.manual_seed(0)
-            with tf.forbidden_ops(ex["id"]), tf.warnings_at_student_lines():
+            with forbidden.forbidden_ops(ex["id"]), harness.warnings_at_student_lines():
                 result = runner(tu, case_input)
             _flatten(result, f"c{i}", arrays, types)
         status["types"] = types
@@ -395,14 +396,14 @@ def main():
         import torch
 
         torch.set_num_threads(1)
-        # The kit's trusted test_functions (it imports transformer_utils lazily, so no student
-        # code runs here); one pass through forbidden_ops loads torch's lazy modules once
-        # instead of once per exercise process.
+        # The kit's trusted exercise checks (they import transformer_utils lazily, so no
+        # student code runs here); one pass through forbidden_ops loads torch's lazy modules
+        # once instead of once per exercise process.
         sys.path.insert(0, JOB["kit"])
-        import test_functions as tf
+        from kit.exercise_checks import forbidden, harness, runners  # noqa: F401
 
         for ex in JOB["exercises"]:
-            with tf.forbidden_ops(ex["id"]):
+            with forbidden.forbidden_ops(ex["id"]):
                 torch.nn.functional.softmax(torch.ones(2, 3) @ torch.ones(3, 2), dim=-1).sum()
     except BaseException as exc:
         write_json(os.path.join(JOB["rec"], "startup.json"), {"error": repr(exc)})

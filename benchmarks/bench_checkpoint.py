@@ -1,7 +1,7 @@
 """How long training waits for each checkpoint: a plain atomic torch.save vs BackgroundSaver.
 
-    python benchmarks/bench_checkpoint.py             # pixmo_demo's state (about 200 MB)
-    python benchmarks/bench_checkpoint.py --rounds 10
+    python -m benchmarks.bench_checkpoint             # pixmo_demo's state (about 200 MB)
+    python -m benchmarks.bench_checkpoint --rounds 10
 
 The state is what the Trainer writes every epoch for the pixmo_demo preset: the trainable
 parameters (ResNet-34 layer4, encoder, head: 17.5 M) and their AdamW moments. A 20-epoch run
@@ -16,18 +16,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model import PixMoModel  # noqa: E402
-from trainer import TrainConfig, build_optimizer, trainable_state_dict  # noqa: E402
-from training_utils import BackgroundSaver, atomic_torch_save  # noqa: E402
+from kit.runs import BackgroundSaver, atomic_torch_save
+from kit.trainer import TrainConfig, build_optimizer, trainable_state_dict
+from model import PixMoModel
 
 
 def main(argv=None) -> dict:

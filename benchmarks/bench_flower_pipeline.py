@@ -1,9 +1,9 @@
 """The vit_vpt_deep recipe end to end: our pipeline vs the original one, in one process.
 
-    python benchmarks/bench_flower_pipeline.py                   # GPU: 100 epochs, ViT-B/32
-    python benchmarks/bench_flower_pipeline.py --original_epochs 10   # the original timed for
+    python -m benchmarks.bench_flower_pipeline                   # GPU: 100 epochs, ViT-B/32
+    python -m benchmarks.bench_flower_pipeline --original_epochs 10   # the original timed for
                                           # 10 epochs and projected to 100 (fits a 10-min slot)
-    python benchmarks/bench_flower_pipeline.py --tiny            # CPU check that it runs (default
+    python -m benchmarks.bench_flower_pipeline --tiny            # CPU check that it runs (default
                                                                  # without a GPU)
 
 --synthetic_dir DIR keeps the generated data for the next run; --json PATH writes the summary.
@@ -39,21 +39,32 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
+from benchmarks.bench_vit_step import TorchvisionVPT
+from benchmarks.pipeline_timing import add_arguments, fit_ours, run_and_report, run_original_loop
+from custom_dataset import load_flower_splits
+from fine_tune import ViTPrompt
+from kit.config import load_preset
+from kit.flower import synthetic as synthetic_flowers
+from kit.flower.recipe import FlowerConfig, flower_batch_sources
+from kit.image_ops import IMAGENET_MEAN, IMAGENET_STD
+from kit.trainer import TrainConfig
+from vision_transformer import ENCODER_SPECS
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_vit_step import TorchvisionVPT  # noqa: E402
-from pipeline_timing import add_arguments, fit_ours, run_and_report, run_original_loop  # noqa: E402
 
-import synthetic_flowers  # noqa: E402
-from custom_dataset import FlowerPILDataset, flower_batch_sources, load_flower_splits  # noqa: E402
-from demo_flower import FlowerConfig  # noqa: E402
-from experiment_config import load_preset  # noqa: E402
-from fine_tune import ViTPrompt  # noqa: E402
-from gpu_transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from trainer import TrainConfig  # noqa: E402
-from vision_transformer import ENCODER_SPECS  # noqa: E402
+class FlowerPILDataset(torch.utils.data.Dataset):
+    """The original kit's per-image pipeline (PIL image -> torchvision transform), kept as the
+    baseline of ``benchmarks/bench_flower_pipeline.py``. Returns (transform(image), label)."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
 def recipe(epochs: int, tiny: bool) -> FlowerConfig:
@@ -110,7 +121,7 @@ def synthetic_splits(folder: Path, counts: dict | None) -> dict:
             print(f"reusing the synthetic flowers in {folder}")
             return splits
     elif any(folder.glob("*_data.pkl")):
-        sys.exit(f"error: {folder} holds data not made by synthetic_flowers.py; give it as "
+        sys.exit(f"error: {folder} holds data not made by kit/flower/synthetic.py; give it as "
                  "--data_dir, or choose an empty --synthetic_dir")  # fmt: skip
     return load_flower_splits(synthetic_flowers.generate(folder, counts=counts, log=print))
 

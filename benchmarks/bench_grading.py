@@ -1,6 +1,6 @@
 """Wall time to grade ONE correct submission, end to end, as Gradescope would run it.
 
-    python benchmarks/bench_grading.py [--repeats 3] [--layout zip|repo] [--cores 0,1]
+    python -m benchmarks.bench_grading [--repeats 3] [--layout zip|repo] [--cores 0,1]
 
 The submission is the kit's reference transformer_utils.py with correct prediction files of
 the real sizes (1638 flower and 500 PixMo lines, labels synthetic). Each repeat runs

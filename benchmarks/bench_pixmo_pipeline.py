@@ -1,9 +1,9 @@
 """The pixmo_demo preset end to end: our pipeline vs the original one, in one process.
 
-    python benchmarks/bench_pixmo_pipeline.py                 # GPU: 20 epochs at PixMo size
-    python benchmarks/bench_pixmo_pipeline.py --original_epochs 5   # the original timed for 5
+    python -m benchmarks.bench_pixmo_pipeline                 # GPU: 20 epochs at PixMo size
+    python -m benchmarks.bench_pixmo_pipeline --original_epochs 5   # the original timed for 5
                                                               # epochs, projected to 20
-    python benchmarks/bench_pixmo_pipeline.py --tiny          # CPU check that it runs (default
+    python -m benchmarks.bench_pixmo_pipeline --tiny          # CPU check that it runs (default
                                                               # without a GPU)
 
 --synthetic_dir DIR keeps the generated data for the next run; --json PATH writes the summary.
@@ -38,24 +38,16 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from benchmarks.pipeline_timing import add_arguments, fit_ours, run_and_report, run_original_loop
+from custom_dataset import PixmoPointsDataset, check_pixmo_example, load_pixmo_split
+from kit.config import load_preset
+from kit.image_ops import IMAGENET_MEAN, IMAGENET_STD
+from kit.pixmo import synthetic as synthetic_pixmo
+from kit.pixmo.recipe import PixmoBatchSource, PixmoConfig
+from kit.trainer import TrainConfig
+from model import PixMoModel
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from pipeline_timing import add_arguments, fit_ours, run_and_report, run_original_loop  # noqa: E402
-
-import synthetic_pixmo  # noqa: E402
-from custom_dataset import (  # noqa: E402
-    PixmoBatchSource,
-    PixmoPointsDataset,
-    check_pixmo_example,
-    load_pixmo_split,
-)
-from demo_pixmo import PixmoConfig  # noqa: E402
-from experiment_config import load_preset  # noqa: E402
-from gpu_transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from model import PixMoModel  # noqa: E402
-from trainer import TrainConfig  # noqa: E402
 
 
 def recipe(epochs: int, tiny: bool) -> PixmoConfig:
@@ -159,7 +151,7 @@ def load_data(data_dir, tiny: bool, tmp: str, synthetic_dir=None) -> tuple[dict,
         if info == synthetic_pixmo.generation_info(sizes, *sides, seed=0):
             print(f"reusing the synthetic PixMo data in {data_dir}")
         elif info is None and any(data_dir.glob("*_data.pkl")):
-            sys.exit(f"error: {data_dir} holds data not made by synthetic_pixmo.py; give it as "
+            sys.exit(f"error: {data_dir} holds data not made by kit/pixmo/synthetic.py; give it as "
                      "--data_dir, or choose an empty --synthetic_dir")  # fmt: skip
         else:
             synthetic_pixmo.generate(data_dir, sizes, *sides, seed=0, log=print)

@@ -1,8 +1,8 @@
 """Training throughput of Question 4's ViT (the kit's own attention) against the same
 architecture built from ``torch.nn.TransformerEncoderLayer`` (fused attention), side by side.
 
-    python benchmarks/bench_scratch.py            # GPU: vit_cifar10 (width 256, 6 layers), batch 128, bf16
-    python benchmarks/bench_scratch.py --tiny     # CPU check (default without a GPU): vit_fmnist_cpu sizes
+    python -m benchmarks.bench_scratch            # GPU: vit_cifar10 (width 256, 6 layers), batch 128, bf16
+    python -m benchmarks.bench_scratch --tiny     # CPU check (default without a GPU): vit_fmnist_cpu sizes
 
 Both sides: normalisation, linear patch embedding, learned 1D positions, CLS token, pre-LN
 encoder layers (GELU MLP), final LayerNorm, linear head on the CLS token; the same number of
@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks.bench_vit_step import make_step, time_interleaved
+from kit.config import load_preset
+from kit.scratch.models import Normalize, ScratchViT
+from kit.scratch.recipe import ScratchConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_vit_step import make_step, time_interleaved  # noqa: E402
-
-from demo_scratch import ScratchConfig  # noqa: E402
-from experiment_config import load_preset  # noqa: E402
-from scratch_models import Normalize, ScratchViT  # noqa: E402
 
 
 class TorchViT(nn.Module):

@@ -1,9 +1,9 @@
 """One VPT-Deep training step: our ViT vs torchvision's vit_b_32, side by side in one process.
 
-    python benchmarks/bench_vit_step.py                 # GPU: batch 128, bf16, eager + compile
-    python benchmarks/bench_vit_step.py --tiny          # CPU check that the code runs (default
+    python -m benchmarks.bench_vit_step                 # GPU: batch 128, bf16, eager + compile
+    python -m benchmarks.bench_vit_step --tiny          # CPU check that the code runs (default
                                                         # when no GPU): a tiny ViT, batch 8
-    python benchmarks/bench_vit_step.py --json out.json # also write the figures to a file
+    python -m benchmarks.bench_vit_step --json out.json # also write the figures to a file
 
 Both models get the same weights and the same step: 10 prompts per layer inserted after the
 CLS token (deep: replaced before every layer), frozen backbone in eval mode, SGD on prompts
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,11 +29,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from kit.runs import atomic_write_text
+from vision_transformer import ENCODER_SPECS, build_vit
 
-from training_utils import atomic_write_text  # noqa: E402
-from vision_transformer import ENCODER_SPECS, build_vit  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _VPTDeep(nn.Module):

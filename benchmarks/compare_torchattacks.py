@@ -4,7 +4,7 @@ Both attacks run without a random start, so they are deterministic and should ag
 issue 13 asks for robust accuracies within 2 points of each other. Needs torchattacks
 (requirements-dev.txt) and a finished Question 4 run:
 
-    python benchmarks/compare_torchattacks.py --run runs/cnn_fmnist_cpu --limit 2000
+    python -m benchmarks.compare_torchattacks --run runs/cnn_fmnist_cpu --limit 2000
 
 Prints both robust accuracies, their difference and how many images the two attacks
 classify differently; exits 1 when they differ by more than ``--tolerance``.
@@ -13,16 +13,15 @@ classify differently; exits 1 when they differ by more than ``--tolerance``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from adversarial import TensorBatches, check_settings, load_run, pgd_attack  # noqa: E402
-from training_utils import run_main  # noqa: E402
+from adversarial import pgd_attack
+from kit.attack import check_settings, load_question4_run
+from kit.device_batches import TensorBatches
+from kit.finished_runs import test_images
+from kit.stopping import run_main
 
 
 def compare(run, eps, alpha, steps, limit, batch_size, data_dir=None):
@@ -30,14 +29,13 @@ def compare(run, eps, alpha, steps, limit, batch_size, data_dir=None):
     ``limit`` test images of the run."""
     import torchattacks
 
-    import demo_scratch
-
     check_settings(eps, alpha, steps, limit, batch_size)
-    cfg, model = load_run(run)
-    images, labels, synthetic = demo_scratch.load_split(cfg, "test", data_dir)
-    if synthetic:
+    trained = load_question4_run(run)
+    model = trained.model
+    test = test_images(trained, limit, data_dir)
+    if test.synthetic:
         print("SYNTHETIC DATA: the run's test set is generated, not the real dataset")
-    images, labels = images[:limit], labels[:limit]
+    images, labels = test.pixels, test.labels
     theirs_attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
     clean = ours = theirs = differ = 0
     t_ours = t_theirs = 0.0

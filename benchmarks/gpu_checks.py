@@ -2,8 +2,8 @@
 
     bash benchmarks/run_gpu_checks.sh quick             # on a GPU: at most 7 minutes
     bash benchmarks/run_gpu_checks.sh quick --cpu       # the same script on the CPU, tiny sizes
-    python benchmarks/gpu_checks.py --parts flower_smoke,bench_vit_step   # only these parts
-    python benchmarks/gpu_checks.py --list              # the parts and their time limits
+    python -m benchmarks.gpu_checks --parts flower_smoke,bench_vit_step   # only these parts
+    python -m benchmarks.gpu_checks --list              # the parts and their time limits
 
 The checks run side by side (phase 1), then the benchmarks one at a time so that nothing
 disturbs their timings (phase 2):
@@ -56,6 +56,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+SELF = ["-m", "benchmarks.gpu_checks"]  # this script, as its workers start it (cwd: ROOT)
 KIT_PACKAGES = {  # import name -> distribution name (requirements.txt, plus what compile needs)
     "torch": "torch",
     "torchvision": "torchvision",
@@ -291,7 +292,7 @@ def last_json_line(text: str) -> dict | None:
 
 
 def run_env(c: Checker, part: Part, rec: Record):
-    rc = c.call(part, [c.py, __file__, "--worker", "env"], rec, rec.until)
+    rc = c.call(part, [c.py, *SELF, "--worker", "env"], rec, rec.until)
     text = (c.logs / f"{part.name}.log").read_text(errors="replace")
     info = last_json_line(text)
     if rc != 0 or info is None:
@@ -347,14 +348,13 @@ def env_worker() -> None:
 
 def make_data_worker(kind: str, folder: str, tiny: bool) -> None:
     """The synthetic data the demos and the benchmarks would generate themselves."""
-    sys.path.insert(0, str(ROOT))
     if kind == "flowers":  # what demo_flower generates, and bench_flower_pipeline (seed 0)
-        import synthetic_flowers
+        from kit.flower import synthetic as synthetic_flowers
 
         counts = {"train": 128, "val": 64, "test": 8} if tiny else None  # the bench's --tiny
         synthetic_flowers.generate(folder, seed=0, counts=counts)
     else:  # what bench_pixmo_pipeline generates (its --synthetic_dir reuses it)
-        import synthetic_pixmo
+        from kit.pixmo import synthetic as synthetic_pixmo
 
         sizes, sides = ((64, 32, 8), (60, 120)) if tiny else ((2500, 500, 500), (300, 700))
         synthetic_pixmo.generate(folder, sizes, *sides, seed=0)
@@ -362,7 +362,7 @@ def make_data_worker(kind: str, folder: str, tiny: bool) -> None:
 
 def run_data(kind: str, folder: str):
     def run(c: Checker, part: Part, rec: Record):
-        cmd = [c.py, __file__, "--worker", f"data_{kind}", "--worker_dir", folder]
+        cmd = [c.py, *SELF, "--worker", f"data_{kind}", "--worker_dir", folder]
         rc = c.call(part, cmd + (["--cpu"] if c.cpu else []), rec, rec.until)
         if rc is None:
             return "timeout", {}, f"no data after {c.limit(part):.0f} s"
@@ -456,7 +456,7 @@ def run_torchrun_flower(c: Checker, part: Part, rec: Record):
 
 def run_nccl_ddp(c: Checker, part: Part, rec: Record):
     run_dir = c.work / "runs" / part.name
-    cmd = torchrun(c) + [__file__, "--worker", "ddp", "--worker_dir", run_dir]
+    cmd = torchrun(c) + [*SELF, "--worker", "ddp", "--worker_dir", run_dir]
     rc = c.call(part, cmd + (["--cpu"] if c.cpu else []), rec, rec.until)
     figs = last_json_line((c.logs / f"{part.name}.log").read_text(errors="replace")) or {}
     return verdict(c, part, rc, figs, "" if figs else "no summary line from the worker")
@@ -465,14 +465,14 @@ def run_nccl_ddp(c: Checker, part: Part, rec: Record):
 def ddp_worker(run_dir: str, cpu: bool) -> None:
     """The kit's Trainer with DDP (and, on the GPU, compile and bf16) on one rank: the kit
     itself starts a process group only for several processes, which one GPU cannot hold."""
-    sys.path.insert(0, str(ROOT))
     import torch
     import torch.distributed as dist
 
     from fine_tune import ViTPrompt
-    from gpu_transforms import ImageBatchSource
-    from trainer import TrainConfig, Trainer
-    from training_utils import DistContext, init_distributed, setup_logging
+    from kit.device_batches import ImageBatchSource
+    from kit.distributed import DistContext, init_distributed
+    from kit.runs import setup_logging
+    from kit.trainer import TrainConfig, Trainer
 
     class OneRankDDP(DistContext):
         @property
@@ -584,7 +584,8 @@ def run_bench(name: str):
         own = name in ("bench_vit_step", *FULL_EPOCHS)
         takes_json = own or "--json" in script.read_text(errors="replace")
         args = bench_args(c, name) if own else (["--tiny"] if c.cpu else [])
-        cmd = [c.py, script, *args] + (["--json", out] if takes_json else [])
+        module = f"benchmarks.{name}"
+        cmd = [c.py, "-m", module, *args] + (["--json", out] if takes_json else [])
         rc = c.call(part, cmd, rec, rec.until)
         if out.is_file():
             figs = json.loads(out.read_text())

@@ -53,8 +53,9 @@ def fit_ours(model, train, val, train_config, device, start: float, prep_seconds
     """Our side: the kit's Trainer (validation and checkpoints every epoch, as in a real run)
     in a throw-away run folder. ``start``: ``time.perf_counter()`` when our side began, so
     that the one-off preprocessing counts. Returns seconds, prep seconds and accuracy."""
-    from trainer import Trainer
-    from training_utils import DistContext, setup_logging
+    from kit.distributed import DistContext
+    from kit.runs import setup_logging
+    from kit.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
@@ -157,6 +158,6 @@ def report(results: dict, epochs: int, target: str, summary: dict, json_path=Non
     line = json.dumps({**summary, "load_avg_1min": load, "results": results})
     print(line)
     if json_path:
-        from training_utils import atomic_write_text
+        from kit.runs import atomic_write_text
 
         atomic_write_text(json_path, line + "\n")

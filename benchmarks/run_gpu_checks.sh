@@ -25,7 +25,7 @@ PYTHON="${PYTHON:-$(command -v python || command -v python3)}" # python3 alone o
 export PYTHONUNBUFFERED=1 # progress reaches the log as it happens
 if [ "${1:-}" = quick ]; then
   shift
-  exec "$PYTHON" benchmarks/gpu_checks.py "$@"
+  exec "$PYTHON" -m benchmarks.gpu_checks "$@"
 fi
 LOG_DIR="${LOG_DIR:-${OUT:-gpu-checks}}"
 mkdir -p "$LOG_DIR"
@@ -44,19 +44,19 @@ run() { # run NAME COMMAND...: output to the terminal and LOG_DIR/NAME.log; a fa
 
 speed() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG_DIR/gpu.txt"
-  run vit_step "$PYTHON" benchmarks/bench_vit_step.py
-  run checkpoint "$PYTHON" benchmarks/bench_checkpoint.py
+  run vit_step "$PYTHON" -m benchmarks.bench_vit_step
+  run checkpoint "$PYTHON" -m benchmarks.bench_checkpoint
   # The original PixMo pipeline takes about 1.6 min for 20 epochs; time 10 and project.
-  run pixmo_pipeline "$PYTHON" benchmarks/bench_pixmo_pipeline.py --original_epochs 10
+  run pixmo_pipeline "$PYTHON" -m benchmarks.bench_pixmo_pipeline --original_epochs 10
   # Our side again with CUDA graphs (fewer kernel launches at batch 16).
-  run pixmo_pipeline_graphs "$PYTHON" benchmarks/bench_pixmo_pipeline.py --only ours \
+  run pixmo_pipeline_graphs "$PYTHON" -m benchmarks.bench_pixmo_pipeline --only ours \
     --compile --compile_mode reduce-overhead
 }
 
 flower() {
   # The original flower pipeline would need 10+ minutes for 100 epochs: time 10, project.
-  run flower_pipeline "$PYTHON" benchmarks/bench_flower_pipeline.py --original_epochs 10
-  run flower_pipeline_compiled "$PYTHON" benchmarks/bench_flower_pipeline.py --only ours --compile
+  run flower_pipeline "$PYTHON" -m benchmarks.bench_flower_pipeline --original_epochs 10
+  run flower_pipeline_compiled "$PYTHON" -m benchmarks.bench_flower_pipeline --only ours --compile
 }
 
 accuracy() {

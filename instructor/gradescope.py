@@ -5,7 +5,8 @@ Layout (Gradescope unpacks it into ``/autograder/source``)::
     setup.sh                 installs a CPU build of torch and the rest (run once per image)
     requirements-lock.txt    the versions setup.sh installs (those the grader was tested with)
     run_autograder           grades /autograder/submission into /autograder/results
-    test_functions.py        the kit's trusted runners (no solution code)
+    test_functions.py        the exercise declarations (read, never imported, by the grader)
+    kit/exercise_checks/     the kit's trusted runners, run inside the sandbox (no solution code)
     autograder/              the grader package, its assignment.yml,
       reference_data/        the hidden reference data of the graded exercises,
       prepared/              the same, prepared so the grader needs no torch import
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from autograder import data as agdata
-from autograder.assignment import KIT_ROOT, load_assignment
+from autograder.assignment import KIT_ROOT, load_assignment, sandbox_kit_files
 from autograder.predictions import PredictionError, read_labels
 
 from .release import ReleaseError, find_regions
@@ -69,6 +70,8 @@ def build_zip(out_zip, labels_dir, root=KIT_ROOT, assignment_path=None):
         entries[f"autograder/{src.name}"] = (src.read_bytes(), False)
     entries["autograder/assignment.yml"] = (assignment_path.read_bytes(), False)
     entries["test_functions.py"] = ((root / "test_functions.py").read_bytes(), False)
+    for name, payload in sandbox_kit_files(root).items():
+        entries[name] = (payload, False)
     with tempfile.TemporaryDirectory() as tmp:
         for ex_id in assignment.student_exercises:
             for suffix in (".pkl", "_mistakes.pkl", "_grading.pkl"):

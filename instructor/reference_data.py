@@ -34,7 +34,6 @@ import io
 import math
 import os
 import pickle
-import sys
 import textwrap
 import types
 from collections import OrderedDict
@@ -43,12 +42,13 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import test_functions  # noqa: F401  (its @exercise declarations fill EXERCISES)
+import transformer_utils as tu  # the reference solution
+from kit.exercise_checks import compare, runners
+from kit.exercise_checks.forbidden import forbidden_ops
+from kit.exercise_checks.harness import EXERCISES, KIT_ROOT
 
-import test_functions  # noqa: E402  (the student runners and the comparison)
-import transformer_utils as tu  # noqa: E402  (the reference solution)
+ROOT = KIT_ROOT
 
 PICKLE_PROTOCOL = 4
 OUT_DIRS = {
@@ -266,7 +266,7 @@ def measure_spread(exercise_id, cases):
     Returns one dict per case: variant name -> {"max_abs", "max_rel", "need"}, where need is
     the atol that answer needs with the declared rtol.
     """
-    rtol = test_functions.EXERCISES[exercise_id]["rtol"]
+    rtol = EXERCISES[exercise_id]["rtol"]
     answers = [("reference", tu, "")] + [
         (v.name, v.module(), v.precision_note) for v in corpus(exercise_id)
     ]
@@ -274,8 +274,8 @@ def measure_spread(exercise_id, cases):
     for name, module, note in answers:
         for i, case in enumerate(cases):
             torch.manual_seed(0)
-            with test_functions.forbidden_ops(exercise_id):
-                out = test_functions.RUNNERS[exercise_id](module, case["input"])
+            with forbidden_ops(exercise_id):
+                out = runners.RUNNERS[exercise_id](module, case["input"])
             exact = _exact(exercise_id, case["input"])
             if out.dtype != torch.float32 or out.shape != exact.shape:
                 raise RuntimeError(
@@ -294,7 +294,7 @@ def measure_spread(exercise_id, cases):
 
 def derive_tolerances(exercise_id, cases):
     """Per-case tolerances (see SAFETY_FACTOR), with the measurement they come from."""
-    info = test_functions.EXERCISES[exercise_id]
+    info = EXERCISES[exercise_id]
     rtol, floor = info["rtol"], info["atol"]
     records = []
     if exercise_id not in EXACT:  # no corpus: the declared tolerance
@@ -691,7 +691,7 @@ def make_positional_encoding(seed, hidden):
             "learned1d": _random_state(l1, gen, scale=2.0),
             "learned2d": _random_state(l2, gen, scale=2.0),
         }
-        target = test_functions.run_positional_encoding(tu, case)
+        target = runners.run_positional_encoding(tu, case)
         cases.append({"input": case, "target": target})
         mistakes.append(
             {
@@ -766,7 +766,7 @@ def make_patch_embedding(seed, hidden):
             "state_dict": state,
         }
         with torch.no_grad():
-            target = test_functions.run_patch_embedding(tu, case)
+            target = runners.run_patch_embedding(tu, case)
             wrong = {
                 "patch vectors ordered (row, column, channel): flatten each patch in (channel, row, column) order, like a Conv2d weight": _patch_outputs(
                     case["x"], p, embed, "channels_last"
@@ -1072,7 +1072,7 @@ def make_conv2d(seed, hidden):
             "padding": padding,
             "grad_out": _randn(gen, *out_shape),
         }
-        target = test_functions.run_conv2d(tu, inp)
+        target = runners.run_conv2d(tu, inp)
         wrong = {
             "the kernel is flipped (true convolution): nn.Conv2d computes a cross-correlation, no flip": _conv_outputs(
                 inp, flip=True
@@ -1118,7 +1118,7 @@ def make_attention_rollout(seed, hidden):
     for i, (L, B, H, T) in enumerate(configs):
         gen = _gen(seed + i)
         attentions = (_randn(gen, L, B, H, T, T, scale=2.0)).softmax(-1)  # (L, B, H, T, T)
-        target = test_functions.run_attention_rollout(tu, {"attentions": attentions})
+        target = runners.run_attention_rollout(tu, {"attentions": attentions})
         wrong = {
             "the identity (residual connection) is not added to each layer's attention": _rollout_variant(
                 attentions, "no_identity"
@@ -1243,13 +1243,13 @@ def _check(exercise_id, cases, mistakes, grading):
     answer that matches it is clearly wrong and cannot be taken for another mistake. Then
     every stored mistake must be named by the student tests' own diagnosis.
     """
-    units = test_functions.tolerance_units
+    units = compare.tolerance_units
     tolerances = [(g["rtol"], g["atol"]) for g in grading["cases"]]
     for i, case in enumerate(cases):
         torch.manual_seed(0)
-        with test_functions.forbidden_ops(exercise_id):
-            got = test_functions.RUNNERS[exercise_id](tu, case["input"])
-        problem = test_functions.explain_difference(got, case["target"], *tolerances[i])
+        with forbidden_ops(exercise_id):
+            got = runners.RUNNERS[exercise_id](tu, case["input"])
+        problem = compare.explain_difference(got, case["target"], *tolerances[i])
         if problem:
             raise RuntimeError(
                 f"{exercise_id} case {i}: the runner disagrees with the reference: {problem}"
@@ -1272,7 +1272,7 @@ def _check(exercise_id, cases, mistakes, grading):
     targets = [c["target"] for c in cases]
     for description in descriptions:
         outputs = [m.get(description) for m in mistakes]
-        named = test_functions.known_mistake(outputs, targets, kept, tolerances)
+        named = compare.known_mistake(outputs, targets, kept, tolerances)
         if named != description:
             raise RuntimeError(f"{exercise_id}: {description!r} is diagnosed as {named!r}")
     return kept
@@ -1294,7 +1294,7 @@ def roles(assignment_path=None):
 def grading_record(exercise_id, cases, role, split):
     """``<id>_grading.pkl``: the exercise's role and the tolerance of each case, with the
     measured errors of the correct answers it was derived from (plain Python values)."""
-    info = test_functions.EXERCISES[exercise_id]
+    info = EXERCISES[exercise_id]
     return {
         "exercise": exercise_id,
         "number": info["number"],

@@ -1,7 +1,7 @@
 """``python -m instructor release OUT_DIR``: write the student starter from this repository.
 
-What ships: the top-level files listed under ``release.files`` in the assignment (those that
-exist), with every student and practice exercise's solution region replaced by a stub that
+What ships: the top-level files and folders listed under ``release.files`` in the assignment
+(those that exist; a folder with every file in it, e.g. the ``kit/`` package), with every student and practice exercise's solution region replaced by a stub that
 raises ``NotImplementedError``, the regions of "given" exercises kept (marker lines removed), the
 instructor-only parts of README.md removed, and the public ``test_data/*.pkl``. Nothing meant
 for instructors ships: README.md loses its instructor section, its instructor-only blocks and
@@ -198,9 +198,9 @@ def upload_list(assignment, root=KIT_ROOT):
     declarations = read_declarations(Path(root) / "test_functions.py")
     graded = set(assignment.student_exercises)
     items = []
-    for name in assignment.release_files:
+    for name in shipped_files(root, assignment.release_files):
         path = Path(root) / name
-        if not (name.endswith(".py") and path.is_file()):
+        if not name.endswith(".py"):
             continue
         ids = {r.exercise for r in find_regions(path.read_text(encoding="utf-8"), name)}
         numbers = sorted(
@@ -301,6 +301,25 @@ def check_listing(assignment, root):
     return [name for name in tracked if name not in listed]
 
 
+def shipped_files(root, entries):
+    """The files that ``release.files`` ships, as sorted relative POSIX paths: each listed file
+    that exists, and every file inside each listed folder (caches and hidden files left
+    out). The same stubbing and stripping applies to each, wherever it lies."""
+    root = Path(root)
+    names = set()
+    for entry in entries:
+        path = root / entry
+        if path.is_file():
+            names.add(entry)
+        elif path.is_dir():
+            for f in path.rglob("*"):
+                rel = f.relative_to(root)
+                hidden = any(p.startswith(".") or p == "__pycache__" for p in rel.parts)
+                if f.is_file() and not hidden and f.suffix != ".pyc":
+                    names.add(rel.as_posix())
+    return sorted(names)
+
+
 def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
     """Write the student tree into ``out_dir``; return the list of files written."""
     root = Path(root)
@@ -326,13 +345,8 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
         )
     files = {}  # relative path -> bytes
     found_ids = set()
-    for name in assignment.release_files:
-        path = root / name
-        if not path.exists():
-            continue
-        if not path.is_file():
-            raise ReleaseError(f"{path}: release.files lists only files; folders are not supported")
-        data = path.read_bytes()
+    for name in shipped_files(root, assignment.release_files):
+        data = (root / name).read_bytes()
         if name.endswith(".py"):
             text, ids = stub_source(data.decode("utf-8"), name, student, declarations)
             found_ids |= ids

@@ -5,7 +5,7 @@ from typing import List, Literal, Optional
 
 import pytest
 
-from experiment_config import ConfigError, apply_overrides, load_preset, read_data_sources
+from kit.config import ConfigError, apply_overrides, load_preset, read_data_sources
 
 
 @dataclasses.dataclass

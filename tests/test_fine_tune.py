@@ -11,31 +11,12 @@ import torchvision.transforms.v2.functional as TF
 
 import trainer as trainer_module
 from fine_tune import ViTPrompt
-from gpu_transforms import (
-    ImageBatchSource,
-    crop_flip,
-    normalize,
-    sample_crop_offsets,
-    to_chw_uint8,
-    transform_points,
-)
-from trainer import LRSchedule, TrainConfig, Trainer, inference, predict
-from training_utils import (
-    CHECKPOINT_FILE,
-    BackgroundSaver,
-    Preempted,
-    UserError,
-    clear_stop_request,
-    prepare_run_dir,
-    request_stop,
-    resume_command,
-    run_main,
-    stop_on_signals,
-    stop_reason,
-    stop_requested,
-    to_cpu_copy,
-    write_predictions,
-)
+from kit.device_batches import ImageBatchSource
+from kit.image_ops import crop_flip, normalize, sample_crop_offsets, to_chw_uint8, transform_points
+from kit.trainer import LRSchedule, TrainConfig, Trainer, inference, predict
+from kit.runs import CHECKPOINT_FILE, BackgroundSaver, prepare_run_dir, to_cpu_copy, write_predictions
+from kit.stopping import Preempted, clear_stop_request, handle_stop_signal, resume_command, run_main, stop_on_signals, stop_reason, stop_requested
+from kit.errors import UserError
 
 # ---------------------------------------------------------------- batch transforms
 
@@ -309,7 +290,7 @@ def test_flower_loader_reads_the_real_format_and_greyscale(tmp_path):
 
 
 def test_slurm_tasks_become_torch_ranks(monkeypatch):
-    from training_utils import _env_from_slurm
+    from kit.distributed import _env_from_slurm
 
     # _env_from_slurm writes os.environ: give it a copy, or RANK=1/WORLD_SIZE=2 would leak
     # into every later test's subprocesses (which would then wait for a second rank forever).
@@ -330,7 +311,7 @@ def test_slurm_tasks_become_torch_ranks(monkeypatch):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    from training_utils import check_resume_config, write_config
+    from kit.runs import check_resume_config, write_config
 
     write_config(tmp_path, {"lr": 0.01, "epochs": 100})
     check_resume_config(tmp_path, {"lr": 0.01, "epochs": 100})

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import synthetic_flowers
-from training_utils import read_predictions
+from kit.runs import read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "demo_flower.py")

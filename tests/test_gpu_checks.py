@@ -25,9 +25,9 @@ import bench_vit_step  # noqa: E402
 import gpu_checks  # noqa: E402
 from gpu_checks import Part, Record  # noqa: E402
 
-from demo_flower import FlowerConfig  # noqa: E402
-from demo_pixmo import PixmoConfig  # noqa: E402
-from experiment_config import load_preset  # noqa: E402
+from kit.flower.recipe import FlowerConfig  # noqa: E402
+from kit.pixmo.recipe import PixmoConfig  # noqa: E402
+from kit.config import load_preset  # noqa: E402
 
 SCRIPT = ROOT / "benchmarks" / "run_gpu_checks.sh"
 

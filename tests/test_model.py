@@ -101,7 +101,7 @@ def test_local_cnn_maps_a_crop_to_one_token(side):
 def test_checkpoint_state_keeps_trainable_batch_norm_statistics():
     """The LocalCNN's BatchNorms train, so their running statistics must be saved with the
     trainable parameters (else best.pt and --resume would use other statistics)."""
-    from trainer import load_trainable_state, trainable_state_dict
+    from kit.trainer import load_trainable_state, trainable_state_dict
 
     torch.manual_seed(0)
     net = PointPixMoModel(num_classes=20, crop_size=32, local_size=32)

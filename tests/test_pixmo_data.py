@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from custom_dataset import (
-    PixmoBatchSource,
-    PixmoDataError,
-    PixmoPointsDataset,
-    augment_pixmo_batch,
-    pad_and_resize,
-)
-from synthetic_pixmo import generate, make_example
+from kit.pixmo.recipe import PixmoBatchSource
+from custom_dataset import PixmoDataError, PixmoPointsDataset, augment_pixmo_batch, pad_and_resize
+from kit.pixmo.synthetic import generate, make_example
 
 
 def blob_image(height, width, point, sigma):
@@ -185,7 +180,7 @@ def test_synthetic_data_is_in_the_real_format(tmp_path):
 
 def test_synthetic_label_is_the_object_under_the_point():
     """The pixel under the point has the label's colour; at least 3 classes per image."""
-    from synthetic_pixmo import COLOURS
+    from kit.pixmo.synthetic import COLOURS
 
     rng = np.random.default_rng(0)
     for _ in range(20):

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiment_config import read_data_sources
-from synthetic_pixmo import generate
-from training_utils import read_predictions
+from kit.config import read_data_sources
+from kit.pixmo.synthetic import generate
+from kit.runs import read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo_pixmo.py"

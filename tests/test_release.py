@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autograder.assignment import load_assignment
-from experiment_config import read_data_sources
+from kit.config import read_data_sources
 from instructor.release import (
     ReleaseError,
     build_release,

@@ -17,7 +17,7 @@ from PIL import Image
 import report
 import synthetic_flowers
 import transformer_utils
-from training_utils import UserError
+from kit.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(

@@ -12,7 +12,7 @@ import torch
 
 import scratch_data
 import synthetic_cifar
-from scratch_data import DataError, load_cifar_split, load_idx_split, read_idx, split_train_val
+from kit.scratch.datasets import DataError, load_cifar_split, load_idx_split, read_idx, split_train_val
 
 REAL_FMNIST = Path(scratch_data.FASHION_MNIST_DIR)
 needs_fmnist = pytest.mark.skipif(

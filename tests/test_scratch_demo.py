@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import synthetic_cifar
-from demo_scratch import load_run_model, load_split
+from kit.scratch.recipe import load_run_model, load_split
 from instructor.release import build_release
-from scratch_data import FASHION_MNIST_DIR
-from training_utils import UserError, read_predictions
+from kit.scratch.datasets import FASHION_MNIST_DIR
+from kit.errors import UserError
+from kit.runs import read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "demo_scratch.py")

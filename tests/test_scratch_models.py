@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import transformer_utils as tu
-from demo_scratch import ScratchConfig, build_model
-from scratch_models import ScratchCNN, ScratchViT
+from kit.scratch.recipe import ScratchConfig, build_model
+from kit.scratch.models import ScratchCNN, ScratchViT
 
 
 def trainable(model):
@@ -84,7 +84,7 @@ def test_build_model_from_config_and_one_line_errors():
     cfg = ScratchConfig(dataset="cifar10", model="diff_vit", patch_size=8, embed_dim=32,
                         depth=2, num_heads=2)  # fmt: skip
     assert build_model(cfg, 3, 32, 10)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    from training_utils import UserError
+    from kit.errors import UserError
 
     with pytest.raises(UserError, match="does not divide"):
         build_model(ScratchConfig(dataset="fashion_mnist", patch_size=8), 1, 28, 10)
@@ -134,8 +134,8 @@ def test_bench_scratch_runs_both_sides_in_tiny_mode(capsys):
 def test_every_scratch_preset_loads_and_builds_its_model():
     import yaml
 
-    from experiment_config import DEFAULT_CONFIG_PATH, load_preset
-    from scratch_data import CLASS_NAMES, IMAGE_SHAPE
+    from kit.config import DEFAULT_CONFIG_PATH, load_preset
+    from kit.scratch.datasets import CLASS_NAMES, IMAGE_SHAPE
 
     names = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())["scratch"]
     assert {"vit_fmnist_cpu", "diffvit_fmnist_cpu", "cnn_fmnist_cpu", "scratch_smoke"} <= set(names)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scratch_data import CIFAR_TRAIN_FILES, CLASS_NAMES
-from training_utils import atomic_write_bytes, atomic_write_text
+from kit.runs import atomic_write_bytes, atomic_write_text
+from kit.scratch.datasets import CIFAR_TRAIN_FILES, CLASS_NAMES
 
 REAL_PER_FILE = 10_000
 INFO_FILE = "SYNTHETIC_DATA_README.txt"

@@ -1,4 +1,4 @@
-"""Image augmentation on the training device, a whole batch at a time.
+"""Image operations on uint8 tensors, a whole batch at a time on the training device.
 
 The classic pipeline (PIL Resize -> RandomCrop -> ToTensor -> Normalize in DataLoader workers)
 decodes and resizes every image again in every epoch, in Python, on the CPU. Here each image
@@ -6,7 +6,8 @@ is resized ONCE and kept as uint8 on the device; every batch is then cut out wit
 gather (random crop + horizontal flip in one indexing op) and normalised in one fused
 multiply-add. Nothing per-image happens in Python during training.
 
-Pieces, usable on their own (Question 3 reuses them for images with a point):
+Pieces (``kit.device_batches`` builds the Trainer's batch sources from them; Question 3
+reuses them for images with a point):
 
 - ``resize_shorter_side`` / ``center_crop``: torchvision's eval transform on uint8 tensors.
 - ``pad_stack``: images of different sizes -> one (N, 3, Hmax, Wmax) uint8 store + sizes.
@@ -14,13 +15,12 @@ Pieces, usable on their own (Question 3 reuses them for images with a point):
 - ``crop_flip``: gather (B, 3, h, w) crops from the store, optionally mirrored.
 - ``transform_points``: move (x, y) points by the same crop/flip (what a point-based task needs).
 - ``normalize``: uint8 -> float, (x / 255 - mean) / std, optionally channels_last.
-- ``ImageBatchSource``: a Trainer "batch source" built from the pieces above.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -150,118 +150,3 @@ def normalize(
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out
-
-
-class ImageBatchSource:
-    """A Trainer batch source: uint8 images on the device, augmented per batch.
-
-    Yields ``(images, labels)`` or, with ``points``, ``(images, points, labels)``, already on
-    ``store.device``; images are normalised float (B, 3, crop, crop).
-
-    Training (``train=True``): each epoch a fresh permutation (seeded by ``seed`` and the
-    epoch, so a resumed run sees exactly the same batches), a random crop of every image and a
-    random horizontal flip. Batches are ``batch_size`` images for the whole job; under DDP each
-    of the ``world_size`` ranks takes its own equal slice of every batch (so 2 processes compute
-    the same gradient as 1), and the final incomplete batch of an epoch is dropped.
-
-    Evaluation (``train=False``): the store already holds centre crops; images come in order,
-    every image exactly once, split into contiguous chunks across ranks (sum the counts with an
-    all-reduce for exact accuracy).
-
-    Args:
-        store: (N, 3, H, W) uint8; for evaluation H == W == crop.
-        sizes: (N, 2) valid (H, W) per image (defaults to the full store size).
-        labels: (N,) int64 (-1 where unknown, e.g. a test set).
-        points: optional (N, 2) float (x, y) per image, moved along with the crop/flip.
-    """
-
-    def __init__(
-        self,
-        store: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        batch_size: int,
-        train: bool,
-        crop: int,
-        sizes: torch.Tensor | None = None,
-        points: torch.Tensor | None = None,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        flip: bool = True,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        dtype: torch.dtype = torch.float32,
-        channels_last: bool = False,
-    ):
-        if train and batch_size % world_size:
-            raise ValueError(
-                f"batch_size {batch_size} must be divisible by the {world_size} processes"
-            )
-        self.store = store
-        self.device = store.device
-        self.labels = labels.to(self.device)
-        self.points = None if points is None else points.to(self.device)
-        n = store.shape[0]
-        if sizes is None:
-            sizes = torch.tensor([store.shape[2], store.shape[3]]).expand(n, 2)
-        self.sizes_cpu = sizes.cpu()
-        self.batch_size, self.train, self.crop, self.flip = batch_size, train, crop, flip
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.norm = dict(mean=mean, std=std, dtype=dtype, channels_last=channels_last)
-
-    @property
-    def num_samples(self) -> int:
-        return self.store.shape[0]
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        if self.train:
-            return self.num_samples // self.batch_size
-        mine = len(self._eval_indices())
-        return -(-mine // self.batch_size)
-
-    def state_dict(self) -> dict:
-        """Everything that decides future batches: the seed (epoch plans derive from it)."""
-        return {"seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-
-    def _eval_indices(self) -> torch.Tensor:
-        return torch.arange(self.num_samples).tensor_split(self.world_size)[self.rank]
-
-    def epoch_plan(self, epoch: int) -> dict:
-        """Order, crop offsets and flips of every image for one epoch (CPU, deterministic)."""
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self.num_samples, generator=g)
-        oy, ox = sample_crop_offsets(self.sizes_cpu[order], self.crop, g)
-        flip = torch.rand(self.num_samples, generator=g) < 0.5 if self.flip else None
-        return dict(order=order, oy=oy, ox=ox, flip=flip)
-
-    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Yield this rank's batches of ``epoch``, starting at batch number ``start``."""
-        if not self.train:
-            idx = self._eval_indices().to(self.device)
-            for b in range(start, len(self)):
-                sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-                images = normalize(self.store[sel], **self.norm)
-                extra = () if self.points is None else (self.points[sel],)
-                yield (images, *extra, self.labels[sel])
-            return
-        # One host-to-device copy per epoch: no per-batch synchronisation with the GPU.
-        plan = {
-            k: (v.to(self.device) if v is not None else None)
-            for k, v in self.epoch_plan(epoch).items()
-        }
-        per_rank = self.batch_size // self.world_size
-        for b in range(start, len(self)):
-            lo = b * self.batch_size + self.rank * per_rank
-            s = slice(lo, lo + per_rank)
-            sel, oy, ox = plan["order"][s], plan["oy"][s], plan["ox"][s]
-            flip = None if plan["flip"] is None else plan["flip"][s]
-            images = normalize(crop_flip(self.store, sel, oy, ox, flip, self.crop), **self.norm)
-            extra = ()
-            if self.points is not None:
-                extra = (transform_points(self.points[sel], oy, ox, flip, self.crop),)
-            yield (images, *extra, self.labels[sel])

@@ -57,20 +57,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training_utils import (
+from kit.distributed import DistContext, get_rng_state, set_rng_state
+from kit.runs import (
     BEST_FILE,
     CHECKPOINT_FILE,
     CONFIG_FILE,
     BackgroundSaver,
-    DistContext,
-    Preempted,
-    get_rng_state,
-    set_rng_state,
     setup_logging,
-    stop_on_signals,
-    stop_requested,
     write_predictions,
 )
+from kit.stopping import Preempted, stop_on_signals, stop_requested
 
 # ====================================================================== trainable state
 
@@ -202,23 +198,6 @@ def cpu_compiler_found() -> bool:
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast (matmuls and convs in bfloat16, reductions in float32)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-class WrappedBatchSource:
-    """Base of a batch source that changes the batches of another one (erasing, attacks):
-    the length and the state that decides future batches (the seed) are the wrapped one's."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def state_dict(self) -> dict:
-        return self.source.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.source.load_state_dict(state)
 
 
 # ====================================================================== trainer

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training_utils import UserError
+from kit.errors import UserError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 CIFAR10_DIR = "cifar-10-batches-py"

@@ -25,7 +25,7 @@ import yaml
 
 T = TypeVar("T")
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "config.yml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yml"  # the kit's root
 
 
 class ConfigError(ValueError):

@@ -1,5 +1,8 @@
 """The command line and run start-up shared by the demos (flower, PixMo, scratch).
 
+A demo file holds its ``train(cfg)`` and ends with ``cli.run_demo(...)``; everything else
+that every demo does the same way is here.
+
 The demos take the same flags (``--exp_name --output_dir --data_dir --weights --resume
 --config``), read a preset from their section of config.yml, fall back to generated
 synthetic data only when ``--data_dir`` is NOT given and the default data folder is missing
@@ -7,7 +10,7 @@ synthetic data only when ``--data_dir`` is NOT given and the default data folder
 say where the real data comes from (``data_sources:`` in config.yml, set by the course
 staff), and open a run directory by the same rules (an existing run needs ``--resume``;
 nothing is written before every input has been checked). What differs between the demos
-(data, model) stays in the demo.
+(data, model) is in the demo and its recipe (``kit/<question>/recipe.py``).
 """
 
 from __future__ import annotations
@@ -15,38 +18,39 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch.distributed as dist
-from absl import flags
+from absl import app, flags
 
-from experiment_config import ConfigError, load_preset, read_data_sources
-from trainer import TrainConfig, Trainer
-from training_utils import (
-    DistContext,
-    UserError,
-    check_resume_config,
-    prepare_run_dir,
-    run_main,
-    setup_logging,
-    write_config,
-)
+from kit.config import ConfigError, load_preset, read_data_sources, to_dict
+from kit.distributed import DistContext
+from kit.errors import UserError
+from kit.runs import check_resume_config, prepare_run_dir, setup_logging, write_config
+from kit.stopping import run_main
+from kit.trainer import TrainConfig, Trainer
 
 FLAGS = flags.FLAGS
 C = TypeVar("C")
 
 
-def define_flags(section: str, default_preset: str, data_default: str, weights_what: str) -> None:
-    """Declare the demo flags. Call it only when running as a script, so that importing a
-    demo (benchmarks import its config class) never clashes with the other demo's flags."""
+def define_flags(
+    section: str, default_preset: str, data_default: str, weights_what: str | None
+) -> None:
+    """Declare the demo flags. Call it only when running as a script (``run_demo`` does), so
+    that importing a demo never clashes with another demo's flags. ``weights_what`` None: the
+    demo trains from scratch and refuses --weights."""
     flags.DEFINE_string(
         "exp_name", default_preset, f"Preset name in config.yml (section '{section}')."
     )
     flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<exp_name>).")
     flags.DEFINE_string("data_dir", None, f"Data folder (default: {data_default}).")
-    flags.DEFINE_string(
-        "weights", None, f"{weights_what} ImageNet weights (.pth); default: torchvision's cache."
+    weights_help = (
+        f"{weights_what} ImageNet weights (.pth); default: torchvision's cache."
+        if weights_what
+        else "Not used: this demo trains from scratch."
     )
+    flags.DEFINE_string("weights", None, weights_help)
     flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
     flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
 
@@ -70,7 +74,7 @@ def resolve_config(section: str, config_cls: type[C]) -> C:
 
 def output_dir() -> Path:
     """The run directory (--output_dir, default runs/<exp_name>), checked against the
-    run-directory rules before any slow work; ``open_run`` creates it later."""
+    run-directory rules before any slow work; ``start_run`` creates it later."""
     out = Path(FLAGS.output_dir or f"runs/{FLAGS.exp_name}")
     prepare_run_dir(out, FLAGS.resume, create=False)
     return out
@@ -102,7 +106,7 @@ def data_dir_flag_given() -> bool:
         return False
 
 
-def resolve_data_dir(
+def choose_data_folder(
     data_dir: str,
     default_dir: str,
     synthetic_dir: str,
@@ -149,7 +153,13 @@ def resolve_data_dir(
     return synth, True
 
 
-def open_run(out: Path, resolved: dict, ctx: DistContext, synthetic_banner: str | None):
+def run_settings(cfg: Any, synthetic: bool) -> dict:
+    """What config.yaml records about a run: every setting of ``cfg``, the preset's name and
+    whether the data was synthetic."""
+    return dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
+
+
+def start_run(out: Path, resolved: dict, ctx: DistContext, synthetic_banner: str | None):
     """Create (or, with --resume, reopen) the run directory and return its logger.
 
     Call it after every input has been checked and the model built, so that bad input
@@ -174,7 +184,7 @@ def open_run(out: Path, resolved: dict, ctx: DistContext, synthetic_banner: str 
 def make_trainer(
     model, train_src, val_src, out: Path, cfg, ctx: DistContext, resolved: dict, log, **options
 ):
-    """The Trainer of a demo run in ``out`` (opened by ``open_run``): ``cfg``'s training
+    """The Trainer of a demo run in ``out`` (opened by ``start_run``): ``cfg``'s training
     settings (its TrainConfig fields) and --resume; ``options`` go to Trainer as they are
     (``loss_fn``, ``on_step_end``)."""
     return Trainer(
@@ -191,14 +201,37 @@ def make_trainer(
     )
 
 
-def make_main(section: str, config_cls: type, train: Callable) -> Callable[[list[str]], None]:
-    """absl's ``main(argv)``: reject stray arguments, then ``train(config)`` under run_main
-    (one-line errors, exit 75 when preempted)."""
+def make_main(
+    section: str, config_cls: type, train: Callable, takes_weights: bool = True
+) -> Callable[[list[str]], None]:
+    """absl's ``main(argv)``: reject stray arguments (and --weights where the demo takes
+    none), then ``train(config)`` under run_main (one-line errors, exit 75 when preempted)."""
 
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
             print(f"error: unexpected arguments {' '.join(argv[1:])}; see --help", file=sys.stderr)
             sys.exit(1)
+        if FLAGS.weights is not None and not takes_weights:
+            script = Path(argv[0]).name
+            print(
+                f"error: --weights is not used by {script} (models train from scratch); drop it",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         run_main(lambda: train(resolve_config(section, config_cls)))
 
     return main
+
+
+def run_demo(
+    section: str,
+    config_cls: type,
+    train: Callable,
+    *,
+    default_preset: str,
+    data_default: str,
+    weights_what: str | None = None,
+) -> None:
+    """A demo's command line: its flags, then ``train(preset)`` (see ``make_main``)."""
+    define_flags(section, default_preset, data_default, weights_what)
+    app.run(make_main(section, config_cls, train, takes_weights=weights_what is not None))

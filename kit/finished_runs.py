@@ -1,0 +1,203 @@
+"""A finished (or stopped) run folder, read back: its settings, its model, its test images.
+
+The one way the kit opens a run after training, shared by report.py, adversarial.py and the
+demos' tools:
+
+- ``read_run(path)`` -> ``Run``: the folder's config.yaml, which demo wrote it (``kind``),
+  its log, its summary and whether its data was synthetic.
+- ``load_trained_model(run)`` -> ``TrainedModel``: the model rebuilt from config.yaml with
+  the weights of best.pt (flower runs: checked against the run's own test_flower.txt),
+  on the CPU in eval mode.
+- ``test_images(trained)`` -> ``TestImages``: the run's test images as the model takes them.
+
+A run of a question that is not in this kit, a folder that is not a run, or a run without
+best.pt yet is a one-line ``UserError``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from kit.errors import UserError
+from kit.runs import CONFIG_FILE, LOG_FILE
+
+SUMMARY_FILE = "summary.json"  # Question 4's end-of-run summary
+KIND_NAMES = {
+    "flower": "a flower run (Question 2, demo_flower.py)",
+    "pixmo": "a PixMo run (Question 3, demo_pixmo.py)",
+    "scratch": "a Question 4 run (demo_scratch.py)",
+}
+NOT_IN_KIT = {"scratch": "Question 4 (demo_scratch.py) is not in this kit"}
+
+
+@dataclass
+class Run:
+    """A run folder: its path, the name shown in figures, its config.yaml and its kind."""
+
+    path: Path
+    name: str
+    config: dict
+    kind: str  # flower | pixmo | scratch
+
+    @property
+    def log_text(self) -> str:
+        path = self.path / LOG_FILE
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    @property
+    def summary(self) -> dict | None:
+        """Question 4's summary.json (None when absent or unreadable)."""
+        try:
+            data = json.loads((self.path / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the run trained on generated data: summary.json, else config.yaml's
+        ``synthetic_data``, else the SYNTHETIC DATA banner the demos write into train.log."""
+        summary = self.summary
+        if summary is not None and "synthetic" in summary:
+            return bool(summary["synthetic"])
+        if "synthetic_data" in self.config:
+            return bool(self.config["synthetic_data"])
+        return "SYNTHETIC DATA" in self.log_text
+
+
+def run_kind(config: dict) -> str | None:
+    """Which demo wrote a config.yaml, from the keys only that demo has."""
+    if "encoder_name" in config and "method" in config:
+        return "flower"
+    if "tokens_side" in config:
+        return "pixmo"
+    if "dataset" in config and "patch_size" in config:
+        return "scratch"
+    return None
+
+
+def read_run(path: str | Path) -> Run:
+    """Check that ``path`` is a run folder of one of the demos and read its config.yaml."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"run folder {path} does not exist; give the --output_dir of a demo run")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file; give a run folder (the --output_dir of a demo run)")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise UserError(
+            f"{path} is not a run folder (no {CONFIG_FILE}); give the --output_dir of a "
+            "demo_flower.py, demo_pixmo.py or demo_scratch.py run"
+        )
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError:
+        config = None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is not a YAML mapping of settings; was it edited by hand?")
+    kind = run_kind(config)
+    if kind is None:
+        raise UserError(
+            f"{config_path} was not written by demo_flower.py, demo_pixmo.py or demo_scratch.py"
+        )
+    return Run(path, path.resolve().name, config, kind)
+
+
+def read_runs(paths: list[str]) -> list[Run]:
+    """Several runs; names are folder names, or the paths as given when those collide."""
+    runs = [read_run(p) for p in paths]
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        for run, given in zip(runs, paths):
+            run.name = given.rstrip("/")
+    return runs
+
+
+def scratch_recipe():
+    """Question 4's recipe, imported only when a Question 4 run or dataset is asked for (a
+    course's release may not have it)."""
+    try:
+        from kit.scratch import recipe
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("kit.scratch"):
+            raise UserError(NOT_IN_KIT["scratch"]) from None
+        raise
+    return recipe
+
+
+@dataclass
+class TrainedModel:
+    """A run's model rebuilt from its config.yaml with the weights of best.pt."""
+
+    run: Run
+    cfg: Any  # the run's config object (FlowerConfig or ScratchConfig)
+    model: torch.nn.Module  # on the CPU, eval mode
+    note: str  # where the weights came from (for figures and the terminal)
+
+
+def load_trained_model(
+    run: Run | str | Path, data_dir: str | None = None, check: bool | None = True
+) -> TrainedModel:
+    """The model of a flower or Question 4 run (UserError for a PixMo run).
+
+    ``check`` (flower runs, whose frozen backbone is rebuilt rather than stored): compare the
+    model's predictions with the run's test_flower.txt (True), not at all (False), or only
+    when the data folder is here (None)."""
+    if not isinstance(run, Run):
+        run = read_run(run)
+    if run.kind == "scratch":
+        cfg, model = scratch_recipe().load_run_model(run.path)
+        return TrainedModel(run, cfg, model.eval(), "every weight from best.pt")
+    if run.kind != "flower":
+        raise UserError(
+            f"{run.path} is {KIND_NAMES[run.kind]}; its model cannot be rebuilt here: give a "
+            "flower run (Question 2) or a Question 4 run"
+        )
+    from kit.flower import recipe
+
+    cfg = recipe.config_of_run(run.path, run.config)
+    model, note = recipe.rebuild_trained_model(run.path, cfg, run.log_text)
+    if check is None and not Path(data_dir or cfg.data_dir).is_dir():
+        note += "; not checked against test_flower.txt (no data folder: pass --data_dir)"
+    elif check is not False and cfg.method != "full":
+        folder = recipe.run_data_dir(cfg, data_dir)
+        pixels, _ = recipe.test_images(folder, cfg, recipe.CHECK_IMAGES)
+        note += "; " + recipe.check_reproduced(run.path, model, recipe.model_inputs(pixels))
+    return TrainedModel(run, cfg, model, note)
+
+
+@dataclass
+class TestImages:
+    """A run's test images: ``pixels`` uint8 (N, C, H, W) as shown, ``inputs`` what the
+    model takes, ``labels`` (N,) (-1 where hidden), and the class names when known."""
+
+    pixels: torch.Tensor
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    synthetic: bool
+    class_names: list[str] | None
+
+
+def test_images(
+    trained: TrainedModel, count: int | None = None, data_dir: str | None = None
+) -> TestImages:
+    """The first ``count`` (default: all) test images of the run's data, in test-set order."""
+    run, cfg = trained.run, trained.cfg
+    if run.kind == "scratch":
+        recipe = scratch_recipe()
+        pixels, labels, synthetic = recipe.load_split(cfg, "test", data_dir)
+        if count is not None:
+            pixels, labels = pixels[:count], labels[:count]
+        names = recipe.datasets.CLASS_NAMES.get(cfg.dataset)
+        return TestImages(pixels, pixels.float() / 255.0, labels, synthetic, names)
+    from kit.flower import recipe
+
+    folder = recipe.run_data_dir(cfg, data_dir)
+    pixels, labels = recipe.test_images(folder, cfg, count if count is not None else 10**9)
+    return TestImages(pixels, recipe.model_inputs(pixels), labels, run.synthetic, None)

@@ -1,0 +1,1 @@
+"""report.py's figures and tables, one module per figure family."""
