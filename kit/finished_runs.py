@@ -177,6 +177,7 @@ class TestImages:
     """A run's test images: ``pixels`` uint8 (N, C, H, W) as shown, ``inputs`` what the
     model takes, ``labels`` (N,) (-1 where hidden), and the class names when known."""
 
+    __test__ = False  # a data class, not a test case (pytest collects classes named Test*)
     pixels: torch.Tensor
     inputs: torch.Tensor
     labels: torch.Tensor

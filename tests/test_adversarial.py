@@ -20,11 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import adversarial
+from adversarial import pgd_attack
+from kit import attack
+from kit.device_batches import TensorBatches
+from kit.errors import UserError
+from kit.finished_runs import TestImages, TrainedModel
 
-import adversarial  # noqa: E402
-from adversarial import AdversarialBatches, TensorBatches, pgd_attack, robust_accuracy  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def AdversarialBatches(source, model, *args, **kwargs):
+    """kit.attack.AdversarialBatches with the student's attack, adversarial.pgd_attack."""
+    return attack.AdversarialBatches(source, model, pgd_attack, *args, **kwargs)
+
+
+def robust_accuracy(model, source, *args, **kwargs):
+    return attack.robust_accuracy(model, source, pgd_attack, *args, **kwargs)
+
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -300,8 +313,8 @@ def test_adversarial_batches_reject_bad_settings():
 
 
 def test_adversarial_config_is_typed_and_checked():
-    assert adversarial.adversarial_config(None) is None
-    adv = adversarial.adversarial_config({"eps": 0.1, "alpha": 0.02, "steps": 5})
+    assert attack.adversarial_config(None) is None
+    adv = attack.adversarial_config({"eps": 0.1, "alpha": 0.02, "steps": 5})
     assert (adv.eps, adv.alpha, adv.steps, adv.eval_steps) == (0.1, 0.02, 5, 20)
     for bad, message in [
         ({"epsilon": 0.1}, "unknown key 'epsilon'"),
@@ -310,8 +323,8 @@ def test_adversarial_config_is_typed_and_checked():
         ({"steps": 1.5}, "'steps'"),
         ([0.1], "must be a mapping"),
     ]:
-        with pytest.raises(adversarial.UserError) as err:
-            adversarial.adversarial_config(bad)
+        with pytest.raises(UserError) as err:
+            attack.adversarial_config(bad)
         assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -320,8 +333,8 @@ def test_robust_validation_logs_the_last_step_of_each_epoch(tmp_path):
 
     model = small_model().train()
     val = ListSource([random_batch(seed=s, n=8) for s in range(4)])
-    settings = adversarial.AdversarialConfig(eps=0.1, eval_alpha=0.05, eval_steps=2, eval_images=10)
-    hook = adversarial.RobustValidation(model, val, settings, precision="fp32")
+    settings = attack.AdversarialConfig(eps=0.1, eval_alpha=0.05, eval_steps=2, eval_images=10)
+    hook = attack.RobustValidation(model, val, pgd_attack, settings, precision="fp32")
     trainer = types.SimpleNamespace(
         train_source=[0] * 3,  # 3 steps per epoch
         log=logging.getLogger("test_adversarial"),
@@ -341,7 +354,7 @@ def test_robust_validation_logs_the_last_step_of_each_epoch(tmp_path):
     assert model.training
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     # eval_images 10 of 8-image batches: two batches, 16 images
-    r = adversarial.attack_source(model, val, 0.1, 0.05, 1, limit=10)
+    r = attack.attack_source(model, val, pgd_attack, 0.1, 0.05, 1, limit=10)
     assert r.count == 16
 
 
@@ -439,22 +452,25 @@ def test_adversarial_training_resists_the_attack(fmnist):
 
 
 def fake_question4(monkeypatch, n=40):
-    """A STAND-IN for demo_scratch (Question 4's demo) with a small model and random test
-    images, to test the command line's files without a training run."""
+    """A STAND-IN for a finished Question 4 run (a small model and random test images), to
+    test the command line's files without a training run."""
     model = small_model(size=28)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
 
-    def load_run_model(run_dir, which="best"):
+    def load_question4_run(run_dir):
         if not (Path(run_dir) / "summary.json").is_file():
-            raise adversarial.UserError(f"{run_dir} is not a Question 4 run")
-        return types.SimpleNamespace(dataset="fashion_mnist"), model
+            raise UserError(f"{run_dir} is not a Question 4 run")
+        cfg = types.SimpleNamespace(dataset="fashion_mnist")
+        return TrainedModel(None, cfg, model, "stand-in")
 
-    fake = types.ModuleType("demo_scratch")
-    fake.load_run_model = load_run_model
-    fake.load_split = lambda cfg, split, data_dir=None: (images, labels, True)
-    monkeypatch.setitem(sys.modules, "demo_scratch", fake)
+    def test_images(trained, count=None, data_dir=None):
+        x, y = images[:count], labels[:count]
+        return TestImages(x, x.float() / 255, y, True, None)
+
+    monkeypatch.setattr(attack, "load_question4_run", load_question4_run)
+    monkeypatch.setattr(attack, "test_images", test_images)
 
 
 def test_cli_writes_json_and_pictures(tmp_path, monkeypatch, capsys):
@@ -462,8 +478,8 @@ def test_cli_writes_json_and_pictures(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text("{}")
-    result = adversarial.run_attack(
-        run, eps=0.1, alpha=0.02, steps=3, sweep=[0.0, 0.1], batch_size=16, device="cpu"
+    result = attack.run_attack(
+        run, pgd_attack, eps=0.1, alpha=0.02, steps=3, sweep=[0.0, 0.1], batch_size=16, device="cpu"
     )
     saved = json.loads((run / "adversarial.json").read_text())
     assert saved == result
@@ -476,7 +492,9 @@ def test_cli_writes_json_and_pictures(tmp_path, monkeypatch, capsys):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "SYNTHETIC DATA" in out and "accuracy under attack" in out
-    again = adversarial.run_attack(run, eps=0.05, steps=2, targeted=True, limit=8, device="cpu")
+    again = attack.run_attack(
+        run, pgd_attack, eps=0.05, steps=2, targeted=True, limit=8, device="cpu"
+    )
     assert "replacing the previous" in capsys.readouterr().out
     assert again["num_images"] == 8 and "target_success_rate" in again
 
@@ -519,9 +537,11 @@ def test_cli_refuses_a_run_that_is_not_question_4(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     try:
-        import demo_scratch  # noqa: F401
+        import kit.scratch.recipe  # noqa: F401
     except ModuleNotFoundError:
         assert "Question 4 (demo_scratch.py) is not in this kit" in proc.stderr
+    else:
+        assert "is not a Question 4 run" in proc.stderr
 
 
 TINY_ADVERSARIAL_PRESET = """

@@ -252,9 +252,16 @@ def test_gradescope_zip_is_complete_reproducible_and_solution_free(tmp_path, lab
             "labels/test_flower.txt",
             "labels/test_pixmo.txt",
             "test_functions.py",
+            "kit/__init__.py",
+            "kit/exercise_checks/runners.py",
+            "kit/exercise_checks/forbidden.py",
             "autograder/assignment.yml",
             "autograder/__main__.py",
         } <= names
+        assert not any(
+            n.startswith("kit/") and "exercise_checks" not in n and n != "kit/__init__.py"
+            for n in names
+        ), "only the exercise checks of kit/ ship"
         for ex in ASSIGNMENT.student_exercises:
             assert f"autograder/reference_data/{ex}.pkl" in names
             assert f"autograder/prepared/{ex}/targets.npz" in names

@@ -3,15 +3,9 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import bench_checkpoint  # noqa: E402
-import bench_flower_pipeline  # noqa: E402
-import bench_pixmo_pipeline  # noqa: E402
-import bench_vit_step  # noqa: E402
+from benchmarks import bench_checkpoint, bench_flower_pipeline, bench_pixmo_pipeline, bench_vit_step
 
 
 def last_json(text):

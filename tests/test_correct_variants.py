@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import test_functions
+from autograder.assignment import load_assignment
+from instructor import reference_data
+from kit.exercise_checks import harness
 
-import test_functions  # noqa: E402
-from autograder.assignment import load_assignment  # noqa: E402
-from instructor import reference_data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GRADED = load_assignment(ROOT / "instructor" / "assignment.yml").student_exercises
 VARIANTS = [v for exercise_id in GRADED for v in reference_data.corpus(exercise_id)]
-METHOD = {info["id"]: f"test_{info['id']}" for info in test_functions.EXERCISES.values()}
+METHOD = {info["id"]: f"test_{info['id']}" for info in harness.EXERCISES.values()}
 REFERENCE = (ROOT / "transformer_utils.py").read_text(encoding="utf-8")
 
 
@@ -53,14 +53,14 @@ def test_every_graded_exercise_has_a_corpus_of_correct_answers():
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v.exercise}-{v.name}")
 def test_correct_variant_passes_the_local_test(variant, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformer_utils", _module(variant.source(), tmp_path))
-    monkeypatch.setattr(test_functions, "OUTCOMES", {})
+    monkeypatch.setattr(harness, "OUTCOMES", {})
     result = unittest.TestResult()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         test_functions.TestClass(METHOD[variant.exercise]).run(result)
     problems = [message for _, message in result.failures + result.errors]
     assert not problems, problems[0]
-    notes = [str(w.message) for w in caught if issubclass(w.category, test_functions.PrecisionNote)]
+    notes = [str(w.message) for w in caught if issubclass(w.category, harness.PrecisionNote)]
     if variant.precision_note:
         assert len(notes) == 1 and variant.precision_note in notes[0], notes
         assert "passes (full marks)" in notes[0] and "case 3" in notes[0], notes[0]

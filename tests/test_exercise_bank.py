@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import test_functions
+from autograder.declarations import read_declarations
+from instructor import reference_data
+from instructor.release import find_regions
+from kit.exercise_checks import compare, forbidden, harness, runners
 
-import test_functions  # noqa: E402
-from autograder.declarations import read_declarations  # noqa: E402
-from instructor import reference_data  # noqa: E402
-from instructor.release import find_regions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SOURCE = (ROOT / "transformer_utils.py").read_text(encoding="utf-8")
-EXERCISE_IDS = list(test_functions.EXERCISES)
+EXERCISE_IDS = list(harness.EXERCISES)
 
 
 def stub_exercise(source, exercise_id):
@@ -59,7 +59,7 @@ def run_student_tests(module, monkeypatch, names=None):
     """Run test_functions.TestClass on `module`; return {test name: (status, message)}."""
     monkeypatch.setitem(sys.modules, "transformer_utils", module)
     # these runs test modified copies: keep them out of the summary line printed at exit
-    monkeypatch.setattr(test_functions, "OUTCOMES", {})
+    monkeypatch.setattr(harness, "OUTCOMES", {})
     loader = unittest.defaultTestLoader
     if names is None:
         suite = loader.loadTestsFromTestCase(test_functions.TestClass)
@@ -96,7 +96,7 @@ def test_declarations_are_literals():
     found = read_declarations(ROOT / "test_functions.py")  # ast.literal_eval, no import
     assert (found["self_attention"].number, found["self_attention"].points) == ("1.1", 2)
     assert (found["layer_norm"].number, found["layer_norm"].points) == ("1.2", 2)
-    assert set(found) == set(test_functions.RUNNERS) == set(EXERCISE_IDS)
+    assert set(found) == set(runners.RUNNERS) == set(EXERCISE_IDS)
     numbers = [d.number for d in found.values()]
     assert len(set(numbers)) == len(numbers)
 
@@ -298,7 +298,7 @@ def test_stubbing_one_exercise_fails_exactly_its_test(exercise_id, tmp_path, mon
     target = method_for(exercise_id)
     status, message = outcome.pop(target)
     assert status == "fail" and "not implemented yet" in message, message
-    info = test_functions.EXERCISES[exercise_id]
+    info = harness.EXERCISES[exercise_id]
     assert f"exercise {info['number']}" in message
     broken = {name: result for name, result in outcome.items() if result[0] != "pass"}
     assert not broken, f"stubbing {exercise_id} also broke: {broken}"
@@ -306,12 +306,12 @@ def test_stubbing_one_exercise_fails_exactly_its_test(exercise_id, tmp_path, mon
 
 def test_every_stored_mistake_is_diagnosed_by_name():
     for exercise_id in EXERCISE_IDS:
-        info = test_functions.EXERCISES[exercise_id]
-        cases, mistakes, grading = test_functions._load_cases(info["data"])
+        info = harness.EXERCISES[exercise_id]
+        cases, mistakes, grading = harness.load_cases(info["data"])
         seen = set()
         for case, wrong, tol in zip(cases, mistakes, grading["cases"]):
             for description, output in wrong.items():
-                message = test_functions.explain_difference(
+                message = compare.explain_difference(
                     output, case["target"], tol["rtol"], tol["atol"], wrong
                 )
                 assert message, f"{exercise_id}: '{description}' equals the target"
@@ -570,8 +570,8 @@ def test_a_correct_formula_that_loses_precision_passes_with_a_note(tmp_path, mon
         "var = (x * x).mean(dim=-1, keepdim=True) - mean * mean",
     )
     monkeypatch.setitem(sys.modules, "transformer_utils", load_module(source, tmp_path))
-    monkeypatch.setattr(test_functions, "OUTCOMES", {})
-    with pytest.warns(test_functions.PrecisionNote, match="cancellation in E") as notes:
+    monkeypatch.setattr(harness, "OUTCOMES", {})
+    with pytest.warns(harness.PrecisionNote, match="cancellation in E") as notes:
         test_functions.TestClass(method_for("layer_norm")).test_layer_norm()
     assert "passes (full marks)" in str(notes[0].message) and "case 3" in str(notes[0].message)
 
@@ -612,16 +612,16 @@ def test_forbidden_builtin_is_reported(exercise_id, anchor, shortcut, op, tmp_pa
 def test_forbidden_ops_allows_basic_ops():
     import torch
 
-    with test_functions.forbidden_ops("layer_norm"):
+    with forbidden.forbidden_ops("layer_norm"):
         x = torch.randn(2, 3, 4)
         (x - x.mean(-1, keepdim=True)).softmax(-1)
-    with pytest.raises(test_functions.ForbiddenOpError, match="layer_norm"):
-        with test_functions.forbidden_ops("layer_norm"):
+    with pytest.raises(forbidden.ForbiddenOpError, match="layer_norm"):
+        with forbidden.forbidden_ops("layer_norm"):
             torch.nn.LayerNorm(4)(x)
 
 
 def _in_exercise_order(names):
-    numbers = [test_functions.EXERCISES[n.removeprefix("test_")]["number"] for n in names]
+    numbers = [harness.EXERCISES[n.removeprefix("test_")]["number"] for n in names]
     assert len(numbers) == len(EXERCISE_IDS), names
     return numbers == sorted(numbers, key=lambda n: tuple(map(int, n.split("."))))
 
@@ -659,12 +659,12 @@ def test_the_summary_counts_from_the_data_in_a_student_release(tmp_path, monkeyp
     (tmp_path / "test_data").mkdir()
     for path in (ROOT / "test_data").glob("*.pkl"):
         (tmp_path / "test_data" / path.name).write_bytes(path.read_bytes())
-    monkeypatch.setattr(test_functions, "DATA_DIR", str(tmp_path / "test_data"))
+    monkeypatch.setattr(harness, "DATA_DIR", str(tmp_path / "test_data"))
     outcomes = {"self_attention": True, "layer_norm": False, "conv2d": True}
-    line = test_functions.summary_line(outcomes)
+    line = harness.summary_line(outcomes)
     assert line == "graded exercises passed 1/2, practice passed 1/9 (8 not run)"
-    monkeypatch.setattr(test_functions, "DATA_DIR", str(ROOT / "test_data"))
-    assert test_functions.summary_line(outcomes) == line  # the same from instructor/assignment.yml
+    monkeypatch.setattr(harness, "DATA_DIR", str(ROOT / "test_data"))
+    assert harness.summary_line(outcomes) == line  # the same from instructor/assignment.yml
 
 
 @pytest.mark.parametrize("pos_embedding", ["none", "learned1d", "learned2d", "sinusoidal"])

@@ -9,14 +9,29 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-import trainer as trainer_module
+import kit.trainer as trainer_module
 from fine_tune import ViTPrompt
 from kit.device_batches import ImageBatchSource
-from kit.image_ops import crop_flip, normalize, sample_crop_offsets, to_chw_uint8, transform_points
-from kit.trainer import LRSchedule, TrainConfig, Trainer, inference, predict
-from kit.runs import CHECKPOINT_FILE, BackgroundSaver, prepare_run_dir, to_cpu_copy, write_predictions
-from kit.stopping import Preempted, clear_stop_request, handle_stop_signal, resume_command, run_main, stop_on_signals, stop_reason, stop_requested
 from kit.errors import UserError
+from kit.image_ops import crop_flip, normalize, sample_crop_offsets, to_chw_uint8, transform_points
+from kit.runs import (
+    CHECKPOINT_FILE,
+    BackgroundSaver,
+    prepare_run_dir,
+    to_cpu_copy,
+    write_predictions,
+)
+from kit.stopping import (
+    Preempted,
+    clear_stop_request,
+    handle_stop_signal,
+    resume_command,
+    run_main,
+    stop_on_signals,
+    stop_reason,
+    stop_requested,
+)
+from kit.trainer import LRSchedule, TrainConfig, Trainer, inference, predict
 
 # ---------------------------------------------------------------- batch transforms
 
@@ -188,7 +203,7 @@ def test_a_signal_before_training_starts_still_checkpoints_and_resumes(tmp_path)
                 tiny_run(tmp_path / "b")
     finally:
         clear_stop_request()
-    assert signal.getsignal(signal.SIGTERM) is not request_stop  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is not handle_stop_signal  # handlers restored
     resumed, _ = tiny_run(tmp_path / "b", resume=True)
     assert resumed["history"] == expected["history"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import synthetic_flowers
+from kit.flower import synthetic as synthetic_flowers
 from kit.runs import read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,16 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_vit_step, gpu_checks
+from benchmarks.gpu_checks import Part, Record
+from kit.config import load_preset
+from kit.flower.recipe import FlowerConfig
+from kit.pixmo.recipe import PixmoConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import bench_vit_step  # noqa: E402
-import gpu_checks  # noqa: E402
-from gpu_checks import Part, Record  # noqa: E402
-
-from kit.flower.recipe import FlowerConfig  # noqa: E402
-from kit.pixmo.recipe import PixmoConfig  # noqa: E402
-from kit.config import load_preset  # noqa: E402
 
 SCRIPT = ROOT / "benchmarks" / "run_gpu_checks.sh"
 

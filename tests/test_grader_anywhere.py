@@ -33,7 +33,7 @@ from autograder.grade import GradeOptions, grade
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = ROOT / "tests" / "submissions"
-KIT_PARTS = ("autograder", "instructor", "test_functions.py", "transformer_utils.py")
+KIT_PARTS = ("autograder", "instructor", "kit", "test_functions.py", "transformer_utils.py")
 ORDINARY_PATH = "/usr/local/bin:/usr/bin:/bin"  # what an ordinary user has: no /usr/sbin
 N_FLOWER, N_PIXMO = 100, 50
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kit.pixmo.recipe import PixmoBatchSource
 from custom_dataset import PixmoDataError, PixmoPointsDataset, augment_pixmo_batch, pad_and_resize
+from kit.pixmo.recipe import PixmoBatchSource
 from kit.pixmo.synthetic import generate, make_example
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from autograder.assignment import load_assignment
-from kit.config import read_data_sources
 from instructor.release import (
     ReleaseError,
     build_release,
@@ -21,6 +20,7 @@ from instructor.release import (
     strip_internal_markers,
     stub_source,
 )
+from kit.config import read_data_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = load_assignment(ROOT / "instructor" / "assignment.yml")
@@ -54,7 +54,13 @@ def test_only_listed_files_and_public_data_ship(release):
     for name in ("instructor", "autograder", "tests", "benchmarks", ".ci", "pyproject.toml"):
         assert name not in top
     for name in ASSIGNMENT.release_files:
-        assert ((ROOT / name).is_file()) == (name in top), name
+        assert ((ROOT / name).exists()) == (name in top), name
+    # A listed folder ships whole (kit/): every file of it, caches left out.
+    in_kit = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "kit").rglob("*.py"))
+    assert (
+        sorted(p.relative_to(release).as_posix() for p in (release / "kit").rglob("*.py")) == in_kit
+    )
+    assert not list(release.rglob("__pycache__"))
     shipped = sorted(p.name for p in (release / "test_data").iterdir())
     assert shipped == sorted(p.name for p in (ROOT / "test_data").glob("*.pkl"))
     hidden = {p.read_bytes() for p in (ROOT / "autograder" / "reference_data").glob("*.pkl")}

@@ -15,9 +15,11 @@ import yaml
 from PIL import Image
 
 import report
-import synthetic_flowers
 import transformer_utils
+from kit import finished_runs
 from kit.errors import UserError
+from kit.flower import synthetic as synthetic_flowers
+from kit.report import ablation, attention, common, curves, posemb, preview, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(
@@ -123,7 +125,7 @@ def copy_run(work, name, new):
 def assert_image(path, size_inches):
     """A PNG of the expected size in pixels that is not blank."""
     image = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
-    expected = tuple(round(s * report.DPI) for s in size_inches)
+    expected = tuple(round(s * common.DPI) for s in size_inches)
     assert (image.shape[1], image.shape[0]) == expected
     assert image.std() > 10, "the image is (nearly) blank"
 
@@ -146,16 +148,16 @@ def one_line_error(result_or_capsys_err: str) -> str:
 
 
 def test_curves_png_and_pdf_from_the_event_files(cwd, tmp_path):
-    runs = [report.open_run(cwd / "runs" / n) for n in ("a", "b", "pix")]
+    runs = [finished_runs.read_run(cwd / "runs" / n) for n in ("a", "b", "pix")]
     # The scalars are the Trainer's history, read back by TensorBoard's reader.
     for run in runs:
-        scalars = report.read_scalars(run)
+        values = scalars.read_scalars(run)
         for key in ("train_loss", "val_acc"):
-            got = [v for _, v in scalars[key]]
+            got = [v for _, v in values[key]]
             assert np.allclose(got, [h[key] for h in history(run.path)], rtol=1e-6)
     out = tmp_path / "curves.png"
     assert report.main(["curves", "runs/a", "runs/b", "runs/pix", "--out", str(out)]) == 0
-    assert_image(out, report.CURVES_FIGSIZE)
+    assert_image(out, curves.CURVES_FIGSIZE)
     pdf = tmp_path / "curves.pdf"
     assert report.main(["curves", "runs/a", "--out", str(pdf)]) == 0
     assert pdf.read_bytes().startswith(b"%PDF")
@@ -193,8 +195,8 @@ def test_ablation_names_exactly_the_changed_settings(cwd, tmp_path):
     assert cells[2][4] == "-"  # the unfinished run has no test accuracy yet
     assert [r[6] for r in cells] == ["finished", "finished", "in progress (3/5 epochs)"]
 
-    latex = report.write_ablation(
-        [report.open_run("runs/b")], report.open_run("runs/a"), None, "latex"
+    latex = ablation.write_ablation(
+        [finished_runs.read_run("runs/b")], finished_runs.read_run("runs/a"), None, "latex"
     )
     assert r"num\_prompts 2 $\rightarrow$ 1" in latex and latex.count(r" \\") == 3  # head + 2
 
@@ -218,7 +220,7 @@ def reference_rollout(attentions):
 
 
 def test_attention_maps_come_from_the_model(cwd, tmp_path):
-    maps = report.attention_maps("runs/a", images=3, rollout=True)
+    maps = attention.attention_maps("runs/a", images=3, rollout=True)
     assert "16 of 16 test predictions agree" in maps["note"]
     b, heads, g, p = 3, 2, 4, 2  # vit_tiny_test: 2 heads, 2 layers, 32/8 = 4 patches a side
     assert maps["attentions"][0].shape == (b, heads, 1 + p + g * g, 1 + p + g * g)
@@ -234,14 +236,14 @@ def test_attention_maps_come_from_the_model(cwd, tmp_path):
 
     out = tmp_path / "att.png"
     assert report.main(["attention", "--run", "runs/a", "--images", "3", "--rollout", "--out", str(out)]) == 0  # fmt: skip
-    assert_image(out, report.attention_figsize(3, heads, 2))
+    assert_image(out, attention.attention_figsize(3, heads, 2))
 
     # Other trained weights (the prompts) give other maps.
     changed = copy_run(cwd, "a", "changed")
     best = torch.load(changed / "best.pt", weights_only=False)
     best["model"]["prompts"] = torch.randn_like(best["model"]["prompts"])
     torch.save(best, changed / "best.pt")
-    other = report.attention_maps(changed, images=3, check=False)
+    other = attention.attention_maps(changed, images=3, check=False)
     assert not torch.allclose(other["last_heads"], maps["last_heads"], atol=1e-4)
 
 
@@ -251,7 +253,7 @@ def test_a_backbone_that_cannot_be_rebuilt_draws_nothing(cwd):
     config["seed"] = 123
     (other_seed / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(UserError, match="cannot be reproduced"):
-        report.attention_maps(other_seed, images=2)
+        attention.attention_maps(other_seed, images=2)
 
 
 def test_rollout_not_written_yet_is_one_line(cwd, monkeypatch, capsys, tmp_path):
@@ -269,11 +271,11 @@ def test_rollout_not_written_yet_is_one_line(cwd, monkeypatch, capsys, tmp_path)
 
 
 def test_posemb_similarity_of_the_models_embeddings(cwd, tmp_path):
-    emb = report.learned_position_embeddings("runs/a")
+    emb = posemb.learned_position_embeddings("runs/a")
     g = 4
     assert emb["similarity"].shape == (g, g, g, g)
-    vit = report.load_vit_run(report.open_run("runs/a"), check=False)
-    pos = vit.model.backbone.encoder.pos_embedding[0, 1:].detach()  # CLS dropped
+    vit = attention.load_vit(finished_runs.read_run("runs/a"), check=False)
+    pos = vit.trained.model.backbone.encoder.pos_embedding[0, 1:].detach()  # CLS dropped
     i, j, k, m = 1, 2, 3, 0
     a, c = pos[i * g + j], pos[k * g + m]
     assert torch.isclose(emb["similarity"][i, j, k, m], torch.nn.functional.cosine_similarity(a, c, 0), atol=1e-6)  # fmt: skip
@@ -283,7 +285,7 @@ def test_posemb_similarity_of_the_models_embeddings(cwd, tmp_path):
     assert "RANDOM" in emb["note"]  # a frozen random backbone learned nothing: said so
     out = tmp_path / "pos.png"
     assert report.main(["posemb", "--run", "runs/a", "--out", str(out)]) == 0
-    assert_image(out, report.posemb_figsize(g))
+    assert_image(out, posemb.posemb_figsize(g))
 
 
 # ---------------------------------------------------------------------- preview
@@ -291,21 +293,23 @@ def test_posemb_similarity_of_the_models_embeddings(cwd, tmp_path):
 
 @pytest.mark.parametrize("dataset", ["flower", "pixmo"])
 def test_preview_grid_says_synthetic(cwd, tmp_path, dataset):
-    images, titles, points, synthetic, _ = report.preview_examples(dataset)
+    images, titles, points, synthetic, _ = preview.preview_examples(dataset)
     assert synthetic and len(images) == len(titles) == 16
     assert (points is not None) == (dataset == "pixmo")
     if dataset == "flower":
         assert len(set(titles)) == 16  # one image of each of 16 classes
     out = tmp_path / f"{dataset}.png"
     assert report.main(["preview", dataset, "--out", str(out)]) == 0
-    assert_image(out, report.PREVIEW_FIGSIZE)
+    assert_image(out, preview.PREVIEW_FIGSIZE)
 
 
 def test_preview_scratch_without_question_4(cwd, tmp_path, capsys):
     if (ROOT / "demo_scratch.py").exists():
         pytest.skip("Question 4 is in this kit")
     assert report.main(["preview", "scratch", "--out", str(tmp_path / "s.png")]) == 1
-    assert one_line_error(capsys.readouterr().err) == f"error: {report.NO_Q4}"
+    assert (
+        one_line_error(capsys.readouterr().err) == "error: " + finished_runs.NOT_IN_KIT["scratch"]
+    )
 
 
 # ---------------------------------------------------------------------- bad input
@@ -391,16 +395,15 @@ def fake_q4(tmp_path, monkeypatch):
         images = torch.randint(0, 256, (20, 1, 16, 16), dtype=torch.uint8, generator=g)
         return images, torch.arange(20) % 10, True
 
-    fake = type(sys)("demo_scratch")
+    fake = type(sys)("kit.scratch.recipe")  # a stand-in for Question 4's recipe
     fake.ScratchConfig, fake.load_run_model, fake.load_split = (
         ScratchConfig,
         load_run_model,
         load_split,
     )
-    data = type(sys)("scratch_data")
-    data.CLASS_NAMES = {"fashion_mnist": [f"item {i}" for i in range(10)]}
-    monkeypatch.setitem(sys.modules, "demo_scratch", fake)
-    monkeypatch.setitem(sys.modules, "scratch_data", data)
+    fake.datasets = type(sys)("kit.scratch.datasets")
+    fake.datasets.CLASS_NAMES = {"fashion_mnist": [f"item {i}" for i in range(10)]}
+    monkeypatch.setattr(finished_runs, "scratch_recipe", lambda: fake)
 
     def make(name, **changes):
         run = tmp_path / name
@@ -422,26 +425,28 @@ def fake_q4(tmp_path, monkeypatch):
 
 def test_question_4_runs_by_the_contract(fake_q4, tmp_path):
     vit = fake_q4("vit")
-    maps = report.attention_maps(vit, images=2, rollout=True)
+    maps = attention.attention_maps(vit, images=2, rollout=True)
     model = FakeScratchModel("learned1d").eval()
-    images, _, _ = sys.modules["demo_scratch"].load_split(None, "test")
+    images, _, _ = finished_runs.scratch_recipe().load_split(None, "test")
     _, attentions = model(images[:2].float() / 255, return_attention=True)
     assert torch.allclose(maps["last_heads"], attentions[-1][:, :, 0, 1:].reshape(2, 2, 4, 4))
     assert maps["class_names"][3] == "item 3" and maps["synthetic"]
     assert report.main(["attention", "--run", str(vit), "--rollout", "--out", str(tmp_path / "a.png")]) == 0  # fmt: skip
 
-    emb = report.learned_position_embeddings(vit)
+    emb = posemb.learned_position_embeddings(vit)
     pe = model.learned_position_embeddings().detach()
     cos = torch.nn.functional.cosine_similarity(pe[0, 1], pe[2, 3], dim=0)
     assert torch.isclose(emb["similarity"][0, 1, 2, 3], cos, atol=1e-6)
     with pytest.raises(UserError, match="nothing is learned"):
-        report.learned_position_embeddings(fake_q4("sin", pos_embedding="sinusoidal"))
+        posemb.learned_position_embeddings(fake_q4("sin", pos_embedding="sinusoidal"))
     with pytest.raises(UserError, match="not a transformer"):
-        report.attention_maps(fake_q4("cnn", model="cnn"))
+        attention.attention_maps(fake_q4("cnn", model="cnn"))
 
-    rows = report.ablation_rows([report.open_run(vit)], report.open_run(fake_q4("base", epochs=1)))
+    rows = ablation.ablation_rows(
+        [finished_runs.read_run(vit)], finished_runs.read_run(fake_q4("base", epochs=1))
+    )
     assert rows[1].changes == [("epochs", "1", "2")]
     assert (rows[1].test_acc, rows[1].synthetic, rows[1].seconds) == (0.7, True, 95.0)
     assert rows[1].status == "finished"
     assert report.main(["preview", "scratch", "--out", str(tmp_path / "p.png")]) == 0
-    assert_image(tmp_path / "p.png", report.PREVIEW_FIGSIZE)
+    assert_image(tmp_path / "p.png", preview.PREVIEW_FIGSIZE)

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-import scratch_data
-import synthetic_cifar
-from kit.scratch.datasets import DataError, load_cifar_split, load_idx_split, read_idx, split_train_val
+from kit.scratch import datasets as scratch_data
+from kit.scratch import synthetic_cifar
+from kit.scratch.datasets import (
+    DataError,
+    load_cifar_split,
+    load_idx_split,
+    read_idx,
+    split_train_val,
+)
 
 REAL_FMNIST = Path(scratch_data.FASHION_MNIST_DIR)
 needs_fmnist = pytest.mark.skipif(

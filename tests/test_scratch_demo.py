@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import synthetic_cifar
-from kit.scratch.recipe import load_run_model, load_split
 from instructor.release import build_release
-from kit.scratch.datasets import FASHION_MNIST_DIR
 from kit.errors import UserError
 from kit.runs import read_predictions
+from kit.scratch import synthetic_cifar
+from kit.scratch.datasets import FASHION_MNIST_DIR
+from kit.scratch.recipe import load_run_model, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "demo_scratch.py")

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import transformer_utils as tu
-from kit.scratch.recipe import ScratchConfig, build_model
 from kit.scratch.models import ScratchCNN, ScratchViT
+from kit.scratch.recipe import ScratchConfig, build_model
 
 
 def trainable(model):
@@ -116,11 +116,8 @@ def test_custom_conv_cnn_trains_to_the_same_loss_as_nn_conv2d():
 
 
 def test_bench_scratch_runs_both_sides_in_tiny_mode(capsys):
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench_scratch
+    from benchmarks import bench_scratch
 
     result = bench_scratch.main(["--tiny", "--batch", "4", "--steps", "1", "--warmup", "1"])
     assert set(result["rates"]) == {"ours", "torch"} and result["ratio"] > 0

@@ -36,8 +36,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
-from kit_files import copy_kit, readme_block_for  # noqa: E402
-from local_cluster import LocalSlurm, SlurmUnavailable, unavailable_reason  # noqa: E402
+from kit_files import copy_kit, readme_block_for
+from local_cluster import LocalSlurm, SlurmUnavailable, unavailable_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
-from kit_files import (  # noqa: E402
+from kit_files import (
     KIT,
     SCRIPTS,
     SITE_FILE,

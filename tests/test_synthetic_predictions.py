@@ -13,8 +13,8 @@ from torch import nn
 
 from autograder.assignment import load_assignment
 from autograder.predictions import grade_predictions, is_synthetic
-from kit.trainer import TrainConfig, Trainer, fit_and_predict
 from kit.runs import SYNTHETIC_MARKER, prepare_run_dir, read_predictions, write_predictions
+from kit.trainer import TrainConfig, Trainer, fit_and_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = {p.file: p for p in load_assignment(ROOT / "instructor" / "assignment.yml").predictions}

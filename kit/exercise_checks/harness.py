@@ -186,7 +186,7 @@ def exercise_roles():
     From the assignment file when it is present, else from the role recorded in
     test_data/<id>_grading.pkl (written from the same assignment file).
     """
-    path = os.path.join(KIT_ROOT, "instructor", "assignment.yml")
+    path = os.path.join(os.path.dirname(DATA_DIR), "instructor", "assignment.yml")
     if os.path.exists(path):
         import yaml
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from kit import finished_runs
 from kit.errors import UserError
-from kit.finished_runs import scratch_recipe
 from kit.report.common import class_name, pyplot, save_figure
 
 PREVIEW_ROWS, PREVIEW_COLS = 4, 4
@@ -62,7 +62,7 @@ def preview_examples(dataset: str, data_dir: str | None = None, scratch_dataset:
         name = synthetic_pixmo.class_name if synthetic else (lambda label: f"class {label}")
         titles = [name(label) for _, _, label in examples]
         return [e[0] for e in examples], titles, [e[1] for e in examples], synthetic, str(folder)
-    recipe = scratch_recipe()
+    recipe = finished_runs.scratch_recipe()
     cfg = recipe.ScratchConfig()
     class_names = recipe.datasets.CLASS_NAMES
     if scratch_dataset and scratch_dataset not in class_names:

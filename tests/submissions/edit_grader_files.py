@@ -6,6 +6,7 @@ for _p in (
     "@KIT@/autograder/grade.py",
     "@KIT@/autograder/compare.py",
     "@KIT@/test_functions.py",
+    "@KIT@/kit/exercise_checks/runners.py",
     "@HIDDEN@/self_attention.pkl",
 ):
     try:
@@ -13,11 +14,12 @@ for _p in (
             _f.write("\nraise SystemExit('tampered')\n")
     except OSError:
         pass
-_tf = _sys.modules.get("test_functions")
-if _tf is not None:
-    try:
-        with open(_tf.__file__, "a") as _f:
-            _f.write("\n# tampered\n")
-    except OSError:
-        pass
+for _name in ("kit.exercise_checks.runners", "kit.exercise_checks.compare"):
+    _mod = _sys.modules.get(_name)  # the sandbox's own copy of the exercise checks
+    if _mod is not None:
+        try:
+            with open(_mod.__file__, "a") as _f:
+                _f.write("\n# tampered\n")
+        except OSError:
+            pass
 EXPECT = {}  # nothing changes (checked by hashing the files)
