@@ -98,12 +98,18 @@ def train(cfg: FlowerConfig) -> None:
         cleanup_distributed()
 
 
-if __name__ == "__main__":
-    cli.run_demo(
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv``: run in this process and return the exit status)."""
+    return cli.run_demo(
         "flower",
         FlowerConfig,
         train,
+        argv=argv,
         default_preset="flower_smoke",
         data_default=DEFAULT_DATA_DIR,
         weights_what="ViT-B/32",
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -108,12 +108,18 @@ def train(cfg: PixmoConfig) -> None:
         cleanup_distributed()
 
 
-if __name__ == "__main__":
-    cli.run_demo(
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv``: run in this process and return the exit status)."""
+    return cli.run_demo(
         "pixmo",
         PixmoConfig,
         train,
+        argv=argv,
         default_preset="pixmo_smoke",
         data_default=DEFAULT_DATA_DIR,
         weights_what="ResNet-34",
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -103,11 +103,17 @@ def train(cfg: ScratchConfig) -> None:
         cleanup_distributed()
 
 
-if __name__ == "__main__":
-    cli.run_demo(
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv``: run in this process and return the exit status)."""
+    return cli.run_demo(
         "scratch",
         ScratchConfig,
         train,
+        argv=argv,
         default_preset="scratch_smoke",
         data_default="the dataset's folder",
     )
+
+
+if __name__ == "__main__":
+    main()

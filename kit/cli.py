@@ -31,15 +31,20 @@ from kit.stopping import run_main
 from kit.trainer import TrainConfig, Trainer
 
 FLAGS = flags.FLAGS
+DEMO_FLAGS = ("exp_name", "output_dir", "data_dir", "weights", "resume", "config")
 C = TypeVar("C")
 
 
 def define_flags(
     section: str, default_preset: str, data_default: str, weights_what: str | None
 ) -> None:
-    """Declare the demo flags. Call it only when running as a script (``run_demo`` does), so
-    that importing a demo never clashes with another demo's flags. ``weights_what`` None: the
-    demo trains from scratch and refuses --weights."""
+    """Declare the demo flags (``run_demo`` does, when a demo runs), replacing the ones an
+    earlier demo of this process declared: importing a demo declares nothing, and tests may
+    run several demos in one process. ``weights_what`` None: the demo trains from scratch
+    and refuses --weights."""
+    for name in DEMO_FLAGS:
+        if name in FLAGS:
+            delattr(FLAGS, name)
     flags.DEFINE_string(
         "exp_name", default_preset, f"Preset name in config.yml (section '{section}')."
     )
@@ -231,7 +236,20 @@ def run_demo(
     default_preset: str,
     data_default: str,
     weights_what: str | None = None,
-) -> None:
-    """A demo's command line: its flags, then ``train(preset)`` (see ``make_main``)."""
+    argv: list[str] | None = None,
+) -> int:
+    """A demo's command line: its flags, then ``train(preset)`` (see ``make_main``); exits
+    with the run's status. With ``argv`` (the arguments, without the program's name) it
+    runs in this process instead and returns the status: how the tests run a demo without
+    starting Python and torch again."""
     define_flags(section, default_preset, data_default, weights_what)
-    app.run(make_main(section, config_cls, train, takes_weights=weights_what is not None))
+    main = make_main(section, config_cls, train, takes_weights=weights_what is not None)
+    if argv is None:
+        app.run(main)
+    program = f"demo_{section}.py"
+    FLAGS.unparse_flags()
+    try:
+        main(FLAGS([program, *argv]))
+    except SystemExit as done:
+        return 0 if done.code is None else done.code
+    return 0

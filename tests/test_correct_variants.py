@@ -1,7 +1,7 @@
 """Every correct answer gets full marks.
 
 tests/variants/<exercise>/*.py is a corpus of correct student answers written the many ways
-students write them (see instructor/reference_data.py, which also measures their errors to
+students write them (see instructor/reference_data/, which also measures their errors to
 set the tolerances). Each one must pass the student's own test (test_functions.py) and get
 full marks from the autograder; a formula that is correct but loses precision on the hard
 case (E[x^2] - mean^2) passes with a note that names the reason, and nothing else gets one.

@@ -16,7 +16,7 @@ from .tolerances import spread_table
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="reference_data.py",  # usage and errors read as when this was a single file
+        prog="python -m instructor.reference_data",  # how it is run, in its usage and errors
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--split", choices=["public", "hidden", "both"], default="both")
