@@ -9,7 +9,7 @@ Models
 - ``ViTPrompt(n_classes, num_prompts=10, deep=True)``: the same frozen backbone with Visual
   Prompt Tuning; only the prompts and the head train.
 
-The training loop shared by every demo lives in ``trainer.py``.
+The training loop shared by every demo lives in ``kit/trainer.py``.
 """
 
 from __future__ import annotations

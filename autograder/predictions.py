@@ -5,7 +5,7 @@ BOM. Anything else (blank line, header, spaces, signs, out-of-range class, more 
 labels) is rejected with its line number. Missing lines at the end count as wrong answers.
 Accuracy = correct / number of labels; the threshold is compared in integer arithmetic.
 
-A demo run on synthetic data writes a first line that says so (``training_utils.
+A demo run on synthetic data writes a first line that says so (``kit.runs.
 SYNTHETIC_MARKER``, "# SYNTHETIC DATA: ..."); such a file gets 0 points and one line that
 says why, rather than a line-1 format error or a near-zero accuracy the student cannot
 explain.

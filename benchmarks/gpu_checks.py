@@ -419,7 +419,7 @@ def demo_figures(c: Checker, run_dir: Path, output: str) -> tuple[dict, str]:
     return figs, ""
 
 
-def run_demo(name: str):
+def run_demo_part(name: str):
     script, preset, output = DEMOS[name]
 
     def run(c: Checker, part: Part, rec: Record):
@@ -635,11 +635,11 @@ PARTS = [
          what="synthetic flowers (demos + flower benchmark)"),
     Part("data_pixmo", 1, 200, 120, run_data("pixmo", "synthetic-data/pixmo_bench"),
          what="synthetic PixMo for its benchmark"),
-    Part("flower_smoke", 1, 180, 240, run_demo("flower_smoke"), ("data_flowers",),
+    Part("flower_smoke", 1, 180, 240, run_demo_part("flower_smoke"), ("data_flowers",),
          what="demo_flower.py flower_smoke, bf16 + compile"),
-    Part("pixmo_smoke", 1, 180, 240, run_demo("pixmo_smoke"),
+    Part("pixmo_smoke", 1, 180, 240, run_demo_part("pixmo_smoke"),
          what="demo_pixmo.py pixmo_smoke, bf16 + compile"),
-    Part("scratch_smoke", 1, 180, 240, run_demo("scratch_smoke"),
+    Part("scratch_smoke", 1, 180, 240, run_demo_part("scratch_smoke"),
          what="demo_scratch.py scratch_smoke, bf16 + compile"),
     Part("torchrun_flower", 1, 180, 240, run_torchrun_flower, ("data_flowers",),
          what="flower_smoke under torchrun, 1 process, CUDA graphs"),

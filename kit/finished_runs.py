@@ -167,7 +167,7 @@ def load_trained_model(
         note += "; not checked against test_flower.txt (no data folder: pass --data_dir)"
     elif check is not False and cfg.method != "full":
         folder = recipe.run_data_dir(cfg, data_dir)
-        pixels, _ = recipe.test_images(folder, cfg, recipe.CHECK_IMAGES)
+        pixels, _ = recipe.load_test_images(folder, cfg, recipe.CHECK_IMAGES)
         note += "; " + recipe.check_reproduced(run.path, model, recipe.model_inputs(pixels))
     return TrainedModel(run, cfg, model, note)
 
@@ -200,5 +200,5 @@ def test_images(
     from kit.flower import recipe
 
     folder = recipe.run_data_dir(cfg, data_dir)
-    pixels, labels = recipe.test_images(folder, cfg, count if count is not None else 10**9)
+    pixels, labels = recipe.load_test_images(folder, cfg, count if count is not None else 10**9)
     return TestImages(pixels, recipe.model_inputs(pixels), labels, run.synthetic, None)

@@ -14,12 +14,12 @@ nothing about images: a *batch source* is any object with
     source.state_dict() / load_state_dict(state)   # what decides future batches (the seed)
 
 and the model is called as ``model(input_1, ..., input_k)`` -> logits (B, C). Labels are
-int64 (B,); a label of -1 is ignored (unknown). ``gpu_transforms.ImageBatchSource`` is
+int64 (B,); a label of -1 is ignored (unknown). ``kit.device_batches.ImageBatchSource`` is
 the ready-made implementation (uint8 images on the device, crop/flip/normalise per batch,
 optional points moved with the crop); under DDP each rank's source yields its own shard.
 
 What the Trainer does: bf16 autocast on CUDA; optional ``torch.compile``; DDP when
-``torch.distributed`` is initialised (see ``training_utils.init_distributed``); count-based
+``torch.distributed`` is initialised (see ``kit.distributed.init_distributed``); count-based
 accuracy (correct / count summed over all processes); TensorBoard scalars ``lr``,
 ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``; tqdm bars on rank 0; ``best.pt``
 (best validation accuracy) and ``checkpoint.pt`` every epoch (or every
@@ -28,7 +28,7 @@ accuracy (correct / count summed over all processes); TensorBoard scalars ``lr``
 epoch and step, RNG states of every process, batch-source seed), and a run folder that
 has only config.yaml (stopped before its first checkpoint) starts again from step 0;
 SIGTERM, SIGUSR1 or a first Ctrl-C -> finish the current step, write the checkpoint, raise
-``training_utils.Preempted`` (the demos exit with status 75 so Slurm requeues the job).
+``kit.stopping.Preempted`` (the demos exit with status 75 so Slurm requeues the job).
 "Stopped at" and "resumed from" name the same position in the same words (``position``).
 
 Example (what demo_flower.py does)::
@@ -290,7 +290,7 @@ class Trainer:
         self._stop = True
 
     def _should_stop(self, step: int) -> bool:
-        """True when this trainer or a signal (``training_utils.stop_on_signals``) asked to
+        """True when this trainer or a signal (``kit.stopping.stop_on_signals``) asked to
         stop; under DDP the ranks agree, every 10 steps, so that all stop at the same step."""
         stop = self._stop or stop_requested()
         if not self.ctx.distributed:
@@ -542,7 +542,7 @@ def inference(
 ) -> list[int]:
     """Predict the test set and write ``path`` (e.g. test_flower.txt): one class per line,
     in test-set order, written atomically; with ``synthetic`` the file starts with
-    ``training_utils.SYNTHETIC_MARKER`` (the grader refuses it). Returns the predictions."""
+    ``kit.runs.SYNTHETIC_MARKER`` (the grader refuses it). Returns the predictions."""
     preds = predict(model, test_source, precision)
     write_predictions(path, preds, synthetic=synthetic)
     return preds

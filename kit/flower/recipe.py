@@ -279,7 +279,7 @@ def run_data_dir(cfg: FlowerConfig, data_dir: str | None) -> Path:
     return folder
 
 
-def test_images(folder: Path, cfg: FlowerConfig, count: int):
+def load_test_images(folder: Path, cfg: FlowerConfig, count: int):
     """The first ``count`` test images as the model saw them: resized, centre-cropped uint8
     (N, 3, S, S), with their labels (N,) (-1 where the test labels are hidden)."""
     images, labels = load_flower_split(folder, "test")

@@ -16,7 +16,7 @@ Files written (the real format, see ``custom_dataset.PixmoPointsDataset``):
     test_labels.txt: the true test labels, one per line, for local grading only
     SYNTHETIC.json: the generation parameters (the demo regenerates when they differ)
 
-Usage: ``python synthetic_pixmo.py --out synthetic-data/pixmo_data`` (sizes: see --help).
+Usage: ``python -m kit.pixmo.synthetic --out synthetic-data/pixmo_data`` (sizes: see --help).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ BANNER = "\n".join(
     [
         "=" * 78,
         "SYNTHETIC DATA: no pixmo_data/ folder, so this run uses GENERATED shapes",
-        "(synthetic-data/pixmo_data, see synthetic_pixmo.py). Its accuracies are NOT PixMo",
+        "(synthetic-data/pixmo_data, see kit/pixmo/synthetic.py). Its accuracies are NOT PixMo",
         "results, and its test_pixmo.txt is marked synthetic: the grader refuses it.",
         "=" * 78,
     ]

@@ -15,7 +15,7 @@ import torch
 import transformer_utils
 from kit.errors import UserError
 from kit.finished_runs import KIND_NAMES, TrainedModel, load_trained_model, read_run, test_images
-from kit.report.common import class_name, pyplot, save_figure, show_image, wrap_title
+from kit.report.common import label_text, pyplot, save_figure, show_image, wrap_title
 
 
 @dataclass
@@ -169,8 +169,8 @@ def draw_attention(maps: dict, out: str) -> Path:
         show_image(ax, image)
         ax.set_xticks([])
         ax.set_yticks([])
-        truth = class_name(names, int(maps["labels"][i]))
-        guess = class_name(names, int(maps["preds"][i]))
+        truth = label_text(names, int(maps["labels"][i]))
+        guess = label_text(names, int(maps["preds"][i]))
         ax.set_title(f"test image {i + 1}\nclass {truth}, predicted {guess}", fontsize=8)
         for h in range(heads):
             top[1 + h].axis("on")

@@ -63,7 +63,7 @@ def pyplot():
     return plt
 
 
-def class_name(names, label: int) -> str:
+def label_text(names, label: int) -> str:
     """A label as the figures show it: its class name when known, "hidden" for -1."""
     if label < 0:
         return "hidden"

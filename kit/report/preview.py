@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kit import finished_runs
 from kit.errors import UserError
-from kit.report.common import class_name, pyplot, save_figure
+from kit.report.common import label_text, pyplot, save_figure
 
 PREVIEW_ROWS, PREVIEW_COLS = 4, 4
 PREVIEW_FIGSIZE = (10.0, 11.0)
@@ -73,7 +73,7 @@ def preview_examples(dataset: str, data_dir: str | None = None, scratch_dataset:
     images, labels, synthetic = recipe.load_split(cfg, "train", data_dir)
     names = class_names.get(cfg.dataset)
     arrays = [im.permute(1, 2, 0).squeeze(-1).numpy() for im in images[:count]]
-    titles = [class_name(names, int(label)) for label in labels[:count]]
+    titles = [label_text(names, int(label)) for label in labels[:count]]
     return arrays, titles, None, synthetic, cfg.dataset
 
 

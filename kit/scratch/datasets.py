@@ -10,7 +10,7 @@
 
 Every split comes back as ``(images, labels)``: uint8 (N, C, H, W) and int64 (N,). The
 validation set is a fixed, seeded part of the training files (``split_train_val``); the
-test files are the test set. A missing, truncated or corrupt file raises ``DataError``
+test files are the test set. A missing, truncated or corrupt file raises ``DatasetFileError``
 with one line that names the file and says what to do.
 """
 
@@ -77,7 +77,7 @@ CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_FILES = (*CIFAR_TRAIN_FILES, "test_batch", "batches.meta")
 
 
-class DataError(UserError):
+class DatasetFileError(UserError):
     """A dataset file is missing, truncated or corrupt; the message names it (one line)."""
 
 
@@ -89,29 +89,31 @@ _IDX_UBYTE = 0x08  # the only element type the (Fashion-)MNIST files use
 def read_idx(path: str | Path) -> np.ndarray:
     """An idx file (gzipped when its name ends in .gz) as a uint8 array of its shape.
 
-    Images come back (N, 28, 28), labels (N,). Raises DataError naming ``path`` when the
+    Images come back (N, 28, 28), labels (N,). Raises DatasetFileError naming ``path`` when the
     header is not an idx header or the file holds fewer bytes than the header announces.
     """
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path} is not a readable gzip file ({err}); download it again") from None
+        raise DatasetFileError(
+            f"{path} is not a readable gzip file ({err}); download it again"
+        ) from None
     if len(raw) < 4:
-        raise DataError(f"{path} is truncated ({len(raw)} bytes); download it again")
+        raise DatasetFileError(f"{path} is truncated ({len(raw)} bytes); download it again")
     zero, kind, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or kind != _IDX_UBYTE or ndim not in (1, 3):
-        raise DataError(
+        raise DatasetFileError(
             f"{path} is not an idx file of uint8 images or labels (bad header); download it again"
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path} is truncated (incomplete header); download it again")
+        raise DatasetFileError(f"{path} is truncated (incomplete header); download it again")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DataError(
+        raise DatasetFileError(
             f"{path} is {what} ({len(raw)} bytes, expected {expected}); download it again"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
@@ -149,20 +151,22 @@ def load_idx_split(folder: str | Path, split: str, dataset: str = "fashion_mnist
     for name in IDX_FILES[split]:
         path = find_idx_file(folder, name, dataset)
         if path is None:
-            raise DataError(_missing_idx_message(folder, name, dataset))
+            raise DatasetFileError(_missing_idx_message(folder, name, dataset))
         paths.append(path)
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3:
-        raise DataError(f"{paths[0]} holds labels, not images; check the file names")
+        raise DatasetFileError(f"{paths[0]} holds labels, not images; check the file names")
     if labels.ndim != 1:
-        raise DataError(f"{paths[1]} holds images, not labels; check the file names")
+        raise DatasetFileError(f"{paths[1]} holds images, not labels; check the file names")
     if len(images) != len(labels):
-        raise DataError(
+        raise DatasetFileError(
             f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels; "
             "the two files do not belong together"
         )
     if labels.size and labels.max() > 9:
-        raise DataError(f"{paths[1]} has label {labels.max()} (expected 0-9); download it again")
+        raise DatasetFileError(
+            f"{paths[1]} has label {labels.max()} (expected 0-9); download it again"
+        )
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -177,7 +181,7 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(
+        raise DatasetFileError(
             f"{path} not found; the folder must hold the official cifar-10-batches-py files "
             f"({', '.join(CIFAR_FILES)})"
         )
@@ -185,20 +189,22 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
     except Exception as err:  # truncated or corrupt pickles fail in many ways; all mean this
-        raise DataError(
+        raise DatasetFileError(
             f"{path} is truncated or corrupt ({type(err).__name__}); download it again"
         ) from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"{path} is not a CIFAR-10 batch (no data/labels); download it again")
+        raise DatasetFileError(
+            f"{path} is not a CIFAR-10 batch (no data/labels); download it again"
+        )
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(
+        raise DatasetFileError(
             f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072); "
             "download it again"
         )
     if len(labels) != len(data) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
-        raise DataError(f"{path}: labels do not match the images (count or 0-9 range)")
+        raise DatasetFileError(f"{path}: labels do not match the images (count or 0-9 range)")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -218,7 +224,7 @@ def load_cifar_split(folder: str | Path, split: str):
 def load_files(dataset: str, folder: str | Path, split: str):
     """The ``train`` or ``test`` files of ``dataset`` in ``folder``: (images, labels)."""
     if dataset not in DATASETS:
-        raise DataError(f"unknown dataset '{dataset}'; use one of {', '.join(DATASETS)}")
+        raise DatasetFileError(f"unknown dataset '{dataset}'; use one of {', '.join(DATASETS)}")
     if dataset == "cifar10":
         return load_cifar_split(folder, split)
     return load_idx_split(folder, split, dataset)
@@ -231,7 +237,7 @@ def split_train_val(num_train: int, val_count: int, seed: int) -> tuple[torch.Te
     training seed, so runs with different seeds are validated on the same images.
     """
     if not 0 < val_count < num_train:
-        raise DataError(
+        raise DatasetFileError(
             f"val_images {val_count} must be between 1 and {num_train - 1} "
             f"(the training files hold {num_train} images); fix it in config.yml"
         )

@@ -12,7 +12,7 @@ demo_scratch.py generates a stand-in so that every part of Question 4 runs:
 
 Accuracy on these images says nothing about accuracy on the real CIFAR-10.
 
-    python synthetic_cifar.py --out synthetic-data/cifar-10-batches-py
+    python -m kit.scratch.synthetic_cifar --out synthetic-data/cifar-10-batches-py
 """
 
 from __future__ import annotations
