@@ -692,25 +692,19 @@ def _in_exercise_order(names):
 SUMMARY = re.compile(r"^graded exercises passed (\d+)/(\d+), practice passed (\d+)/(\d+)$")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
-        pytest.param(
-            ["-m", "unittest", "test_functions.TestClass.test_layer_norm", "-v"],
-            id="one-test",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(["-m", "unittest", "test_functions", "-v"], id="unittest"),
-        pytest.param(
-            ["-m", "pytest", "test_functions.py", "-v", "-p", "no:cacheprovider"],
-            id="pytest",
-            marks=pytest.mark.slow,
-        ),
+        ["-m", "unittest", "test_functions.TestClass.test_layer_norm", "-v"],
+        ["-m", "unittest", "test_functions", "-v"],
+        ["-m", "pytest", "test_functions.py", "-v", "-p", "no:cacheprovider"],
     ],
+    ids=["one-test", "unittest", "pytest"],
 )
 def test_handout_commands_run_in_exercise_order_and_end_with_the_summary(command):
-    """The handout's commands, as students type them (one subprocess each: the fast tier keeps
-    `python -m unittest test_functions -v`, the others have in-process forms below)."""
+    """The handout's commands, as students type them (a subprocess each, 3-7 s with its torch
+    import; the fast tier runs their in-process forms below)."""
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     output = result.stderr + result.stdout  # unittest reports on stderr; the summary is last
@@ -726,18 +720,49 @@ def test_handout_commands_run_in_exercise_order_and_end_with_the_summary(command
     assert SUMMARY.match(last).groups() == ("2", "2", "9", "9"), last
 
 
-def test_one_unittest_counts_the_others_as_not_run(tmp_path, monkeypatch):
-    """In-process form of `python -m unittest test_functions.TestClass.test_layer_norm -v`
-    (the summary line it prints at exit, counted from the same outcomes)."""
+def _run_unittest(name, tmp_path, monkeypatch):
+    """`python -m unittest <name> -v` in this process, on a copy of the reference solution:
+    (the runner's output, the summary line the run would print at exit)."""
     monkeypatch.setitem(sys.modules, "transformer_utils", load_module(SOURCE, tmp_path))
     monkeypatch.setattr(harness, "OUTCOMES", {})
-    suite = unittest.defaultTestLoader.loadTestsFromName("test_functions.TestClass.test_layer_norm")
+    suite = unittest.defaultTestLoader.loadTestsFromName(name)  # load_tests hook included
     stream = io.StringIO()
     result = unittest.TextTestRunner(stream=stream, verbosity=2).run(suite)
-    assert result.wasSuccessful() and result.testsRun == 1, stream.getvalue()[-3000:]
-    assert "test_layer_norm (test_functions.TestClass.test_layer_norm) ... ok" in stream.getvalue()
-    last = harness.summary_line()
+    assert result.wasSuccessful(), stream.getvalue()[-3000:]
+    return stream.getvalue(), harness.summary_line()
+
+
+def test_unittest_runs_the_exercises_in_order_and_counts_them(tmp_path, monkeypatch):
+    """In-process form of `python -m unittest test_functions -v`."""
+    output, last = _run_unittest("test_functions", tmp_path, monkeypatch)
+    names = re.findall(r"(?:^|::)(test_\w+)(?: \(test_functions| PASSED)", output, re.M)
+    assert _in_exercise_order(names), names
+    assert SUMMARY.match(last).groups() == ("2", "2", "9", "9"), last
+
+
+def test_one_unittest_counts_the_others_as_not_run(tmp_path, monkeypatch):
+    """In-process form of `python -m unittest test_functions.TestClass.test_layer_norm -v`."""
+    name = "test_functions.TestClass.test_layer_norm"
+    output, last = _run_unittest(name, tmp_path, monkeypatch)
+    assert "test_layer_norm (test_functions.TestClass.test_layer_norm) ... ok" in output
+    assert output.count(" ... ") == 1, output
     assert last == "graded exercises passed 1/2, practice passed 0/9 (10 not run)"
+
+
+def test_the_summary_is_registered_to_print_at_exit(monkeypatch, capsys):
+    """In-process form of "the summary is the last line": the first recorded outcome
+    registers the summary with atexit, once, and it prints the summary line."""
+    registered = []
+    monkeypatch.setattr(harness.atexit, "register", registered.append)
+    monkeypatch.setattr(harness, "_SUMMARY_REGISTERED", [])
+    monkeypatch.setattr(harness, "OUTCOMES", {})
+    harness._record("layer_norm", True)
+    harness._record("self_attention", False)
+    assert registered == [harness._print_summary]
+    registered[0]()
+    assert capsys.readouterr().out == (
+        "graded exercises passed 1/2, practice passed 0/9 (9 not run)\n"
+    )
 
 
 def test_pytest_collects_the_exercises_in_order():
