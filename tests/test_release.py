@@ -123,9 +123,19 @@ def test_instructor_only_blocks_are_removed_from_any_readme_section():
     )
 
 
-def test_two_releases_are_byte_identical(release, tmp_path):
-    build_release(tmp_path / "b")
-    assert _tree(release) == _tree(tmp_path / "b")
+@pytest.fixture(scope="module")
+def rebuilt(release, tmp_path_factory):
+    """A second release, later and elsewhere, written with --force over a copy of the first
+    plus a file of its own: (folder, whether that file survived)."""
+    old = tmp_path_factory.mktemp("rebuilt") / "old"
+    shutil.copytree(release, old)  # an earlier release (same files)
+    (old / "leftover.txt").write_text("from an earlier release")
+    build_release(old, force=True)  # an earlier release is replaced
+    return old, (old / "leftover.txt").exists()
+
+
+def test_two_releases_are_byte_identical(release, rebuilt):
+    assert _tree(release) == _tree(rebuilt[0])
 
 
 def _ship_one_file(monkeypatch):
@@ -143,11 +153,9 @@ def test_release_refuses_a_non_empty_folder(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-def test_force_replaces_an_old_release_but_never_a_checkout(release, tmp_path, monkeypatch):
-    shutil.copytree(release, tmp_path / "old")  # an earlier release (same files)
-    (tmp_path / "old" / "leftover.txt").write_text("from an earlier release")
-    build_release(tmp_path / "old", force=True)  # an earlier release is replaced
-    assert _tree(tmp_path / "old") == _tree(release)
+def test_force_replaces_an_old_release_but_never_a_checkout(rebuilt, tmp_path, monkeypatch):
+    folder, leftover_survived = rebuilt  # an earlier release is replaced
+    assert folder.is_dir() and not leftover_survived
     _ship_one_file(monkeypatch)
     (tmp_path / "clone" / ".git").mkdir(parents=True)
 
