@@ -341,8 +341,8 @@ def test_stubbing_one_exercise_fails_exactly_its_test(exercise_id, tmp_path, mon
 
 
 def test_with_every_exercise_stubbed_each_test_fails_at_its_own_stub(tmp_path, monkeypatch):
-    """The fast form of the test above (11 suite runs there, 2 here), with this one: each
-    test fails on its own exercise's stub, saying it is not implemented yet."""
+    """With the next test, the fast form of the one above (2 suite runs instead of 11): each
+    test fails at its own exercise's stub, saying that it is not implemented yet."""
     source = stub_exercise(SOURCE, *EXERCISE_IDS)
     outcome = run_student_tests(load_module(source, tmp_path), monkeypatch)
     assert set(outcome) == {method_for(i) for i in EXERCISE_IDS}
