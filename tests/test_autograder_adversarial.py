@@ -1,10 +1,20 @@
 """The adversarial suite: hostile and broken submissions, each with its expected outcome.
 
 Every file in tests/submissions/ is one submission (see tests/submissions/README.md). They are
-all graded at once, two in parallel, exactly as ``python -m autograder grade-all`` does, with a
-short per-exercise timeout; then each case's results.json is checked against its EXPECT, and
-the whole run against things no submission may achieve: a forged or invalid results.json, a
+graded at once, in parallel, exactly as ``python -m autograder grade-all`` does, with a short
+per-exercise timeout; then each case's results.json is checked against its EXPECT, and the
+whole run against things no submission may achieve: a forged or invalid results.json, a
 surviving process of the sandbox users, or a changed grader/kit file.
+
+Two runs, the same checks:
+
+* ``sample`` (fast tier): the correct upload and a few hostile ones, in one grading run. Each
+  upload pays one sandbox start (Python + torch), so attacks that hit different parts are
+  combined into one upload ("a+b": both case files appended, their EXPECTs merged): an
+  infinite loop (SelfAttention) with a forbidden op (LayerNorm) and two import-time attacks
+  that must change nothing, and a results forger that then exits at import; two broken
+  prediction uploads need no sandbox at all.
+* ``corpus`` (slow tier): every case file, each its own upload.
 """
 
 import ast
@@ -33,25 +43,54 @@ PARTS = {  # EXPECT key -> words that identify the test in results.json
     "test_flower.txt": "test_flower.txt",
     "test_pixmo.txt": "test_pixmo.txt",
 }
+SAMPLE = [  # the fast tier's uploads: 3 sandboxes, 2 prediction-only uploads
+    "correct",
+    "infinite_loop+forbidden_op+forge_results_leftover+edit_grader_files",
+    "forge_results_direct+exit_at_import",
+    "pred_header",
+    "symlink_predictions",
+]
 JOBS = 3
 TIMEOUT_S = 3
+SAMPLE_TIMEOUT_S = 2  # the infinite loop costs this much wall-clock time
 N_FLOWER, N_PIXMO = 100, 50
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (CI runs as root)"),
 ]
+RUNS = ["sample", pytest.param("corpus", marks=pytest.mark.slow)]
 
 
-def _spec(case):
+def _parts(case):
+    """The case files of a (possibly combined, "a+b") case."""
+    return case.split("+")
+
+
+def _file_spec(stem):
     """The module-level literals of a case file (EXPECT, REPLACE, ...), read with ast."""
-    tree = ast.parse((SUBMISSIONS / f"{case}.py").read_text())
+    tree = ast.parse((SUBMISSIONS / f"{stem}.py").read_text())
     spec = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
             name = node.targets[0].id
             if name.isupper():
                 spec[name] = ast.literal_eval(node.value)
+    return spec
+
+
+def _spec(case):
+    """A case's spec; a combined case merges those of its files, which must attack different
+    parts (an EXPECT key, prediction file or symlink is set by one file only)."""
+    names = _parts(case)
+    if len(names) == 1:
+        return _file_spec(case)
+    spec = {}
+    for name in names:
+        one = _file_spec(name)
+        assert not {"REPLACE", "NO_SOURCE"} & set(one), f"{name} cannot be combined"
+        for key, value in one.items():
+            assert not set(spec.get(key, {})) & set(value), f"{case}: {key} set twice"
+            spec[key] = {**spec.get(key, {}), **value}
     return spec
 
 
@@ -140,8 +179,10 @@ def _build(base, cases):
         if "REPLACE" in spec:
             source = spec["REPLACE"]
         else:
-            source = reference + "\n\n# ---- adversarial case ----\n"
-            source += fill((SUBMISSIONS / f"{case}.py").read_text())
+            source = reference
+            for name in _parts(case):
+                source += "\n\n# ---- adversarial case ----\n"
+                source += fill((SUBMISSIONS / f"{name}.py").read_text())
         if not spec.get("NO_SOURCE"):
             (sub / "transformer_utils.py").write_text(source)
         for name, (values, num_classes) in labels.items():
@@ -160,10 +201,9 @@ def _build(base, cases):
     return subs, labels_dir, results_dir
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    base = tmp_path_factory.mktemp("adversarial")
-    subs, labels_dir, results_dir = _build(base, CASES)
+def _grade_run(base, cases, timeout_s, wait_s):
+    """Grade ``cases`` in one grade-all run; what the checks below need."""
+    subs, labels_dir, results_dir = _build(base, cases)
     before = _fingerprint()
     start = time.monotonic()
     grade_all(
@@ -172,18 +212,19 @@ def graded(tmp_path_factory):
         base / "grades.csv",
         jobs=JOBS,
         results_dir=results_dir,
-        options=GradeOptions(timeout_s=TIMEOUT_S, quiet=True),
+        options=GradeOptions(timeout_s=timeout_s, quiet=True),
     )
     elapsed = time.monotonic() - start
-    time.sleep(2.0)  # give any leftover forger time to act
+    time.sleep(wait_s)  # give any leftover forger time to act (it tries every 0.25 s)
     results = {}
-    for case in CASES:
+    for case in cases:
         text = (results_dir / case / "results.json").read_text()
         results[case] = (text, json.loads(text))
     # the sandbox users this run used (each sandbox locks its own; see sandbox.acquire_uid)
     uids = {int(u) for _, res in results.values() for u in re.findall(r"uid (\d+)", res["output"])}
     assert uids and 0 not in uids
     return {
+        "cases": cases,
         "results": results,
         "before": before,
         "after": _fingerprint(),
@@ -193,12 +234,45 @@ def graded(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return _grade_run(tmp_path_factory.mktemp("sample"), SAMPLE, SAMPLE_TIMEOUT_S, 0.5)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return _grade_run(tmp_path_factory.mktemp("adversarial"), CASES, TIMEOUT_S, 2.0)
+
+
+@pytest.fixture(params=RUNS)
+def graded(request):
+    """The fast sample, or (slow tier) the whole corpus."""
+    return request.getfixturevalue(request.param)
+
+
 def test_enough_cases():
     assert len(CASES) >= 25
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_case_outcome(graded, case):
+def test_the_sample_is_graded_by_the_corpus_rules():
+    """Every file of a sample case is in the corpus, the hostile ones included."""
+    assert {name for case in SAMPLE for name in _parts(case)} <= set(CASES)
+    expect = {c: _spec(c)["EXPECT"] for c in SAMPLE}
+    assert expect["infinite_loop+forbidden_op+forge_results_leftover+edit_grader_files"] == {
+        "self_attention": (0, "Timed out"),
+        "layer_norm": (0, "forbidden"),
+    }
+    assert expect["forge_results_direct+exit_at_import"] == _file_spec("exit_at_import")["EXPECT"]
+
+
+OUTCOMES = [pytest.param("sample", case, id=f"sample-{case}") for case in SAMPLE] + [
+    pytest.param("corpus", case, id=case, marks=pytest.mark.slow) for case in CASES
+]
+
+
+@pytest.mark.parametrize("run, case", OUTCOMES)
+def test_case_outcome(request, run, case):
+    graded = request.getfixturevalue(run)
     text, res = graded["results"][case]
     assert "FORGED" not in text and res.get("score") != 999, f"{case}: results.json was forged"
     assert res["tests"], res["output"]
@@ -226,8 +300,9 @@ def test_grader_and_kit_files_unchanged(graded):
     assert graded["before"] == graded["after"]
 
 
-def test_output_flood_is_capped_and_reported(graded):
-    _, res = graded["results"]["output_flood"]
+@pytest.mark.slow
+def test_output_flood_is_capped_and_reported(corpus):
+    _, res = corpus["results"]["output_flood"]
     assert "printed" in res["output"] and len(json.dumps(res)) < 200_000
 
 
@@ -239,9 +314,10 @@ def test_protections_are_reported(graded):
 
 def test_csv_has_one_row_per_case(graded):
     rows = graded["csv"].read_text().splitlines()
-    assert len(rows) == len(CASES) + 1
+    assert len(rows) == len(graded["cases"]) + 1
 
 
+@pytest.mark.slow
 def test_gradescope_layout_without_namespaces(tmp_path):
     """The fallback used where namespaces are unavailable (e.g. Gradescope's container):
     the zip unpacked into <tmp>/autograder/source, paths made root-only as run_autograder
@@ -298,6 +374,7 @@ USERNS_CASES = ["correct", "read_hidden_data", "forge_results_leftover", "proces
                 "network_access", "kill_parent", "edit_grader_files"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_user_namespace_mode(tmp_path):
     """The mode used without root (e.g. Slurm nodes), forced here: same outcomes."""
     subs, labels_dir, results_dir = _build(tmp_path, USERNS_CASES)

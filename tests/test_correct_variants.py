@@ -31,6 +31,18 @@ METHOD = {info["id"]: f"test_{info['id']}" for info in harness.EXERCISES.values(
 REFERENCE = (ROOT / "transformer_utils.py").read_text(encoding="utf-8")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The test tensors are tiny: one thread is much faster than several competing ones (as
+    in test_functions.TestClass.setUpClass, which a single TestCase.run does not call)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _module(source, tmp_path):
     path = tmp_path / "transformer_utils.py"
     path.write_text(source, encoding="utf-8")

@@ -3,8 +3,13 @@
 These run the student tests against modified copies of the reference solution:
 stubbed exercises, known mistakes and forbidden torch built-ins must each be
 reported the way the student tests promise.
+
+The fast tier runs the student tests in this process (with one torch thread, as
+test_functions.py's setUpClass does); the slow tier also runs the handout's commands in
+subprocesses, stubs each exercise alone and regenerates all the reference data.
 """
 
+import copy
 import importlib.util
 import io
 import pickle
@@ -28,15 +33,29 @@ SOURCE = (ROOT / "transformer_utils.py").read_text(encoding="utf-8")
 EXERCISE_IDS = list(harness.EXERCISES)
 
 
-def stub_exercise(source, exercise_id):
-    """Replace every solution region of one exercise by a bare `raise NotImplementedError`
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The test tensors are tiny: one thread is much faster than several competing ones (as
+    in test_functions.TestClass.setUpClass, which a single TestCase.run does not call)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def stub_exercise(source, *exercise_ids):
+    """Replace every solution region of these exercises by a bare `raise NotImplementedError`
     (what unfinished student code looks like). Regions are found by the release's parser."""
     lines = source.splitlines(keepends=True)
-    regions = [r for r in find_regions(source, "transformer_utils.py") if r.exercise == exercise_id]
-    assert regions, f"no solution region for {exercise_id}"
-    for r in reversed(regions):
-        stub = f'{r.indent}raise NotImplementedError("stub for {exercise_id}")\n'
-        lines[r.begin - 1 : r.end] = [stub]
+    regions = find_regions(source, "transformer_utils.py")
+    for exercise_id in exercise_ids:
+        assert any(r.exercise == exercise_id for r in regions), f"no region for {exercise_id}"
+    for r in sorted(regions, key=lambda r: r.begin, reverse=True):
+        if r.exercise in exercise_ids:
+            stub = f'{r.indent}raise NotImplementedError("stub for {r.exercise}")\n'
+            lines[r.begin - 1 : r.end] = [stub]
     return "".join(lines)
 
 
@@ -185,13 +204,23 @@ def _spread_differences(fresh, committed, where):
     ]
 
 
-@pytest.mark.parametrize("split", ["public", "hidden"])
-def test_reference_data_is_reproducible(split, tmp_path):
+@pytest.mark.parametrize(
+    "split, exercises",
+    [
+        pytest.param("public", ["layer_norm"], id="public-layer_norm", marks=pytest.mark.slow),
+        pytest.param("hidden", ["layer_norm"], id="hidden-layer_norm"),
+        pytest.param("public", None, id="public", marks=pytest.mark.slow),
+        pytest.param("hidden", None, id="hidden", marks=pytest.mark.slow),
+    ],
+)
+def test_reference_data_is_reproducible(split, exercises, tmp_path):
     """Regenerated data equals the committed data by value (not byte for byte: another torch
-    may round the last bit differently and pickles the same numbers in other bytes)."""
+    may round the last bit differently and pickles the same numbers in other bytes).
+    The fast tier regenerates the hidden data of one graded exercise (cases, mistakes, and
+    tolerances measured on its corpus of correct answers); the slow tier all the data."""
     committed = Path(reference_data.OUT_DIRS[split])
-    written = reference_data.generate(tmp_path, split)
-    assert len(written) == 3 * len(EXERCISE_IDS)
+    written = reference_data.generate(tmp_path, split, exercises=exercises)
+    assert len(written) == 3 * len(exercises or EXERCISE_IDS)
     for path in written:
         name = Path(path).name
         assert Path(path).stat().st_size < 512 * 1024, f"{name} is too large"
@@ -202,6 +231,7 @@ def test_reference_data_is_reproducible(split, tmp_path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change",
     ["seed", "target", "mistake", "tolerance"],
@@ -230,6 +260,25 @@ def test_a_changed_generator_fails_the_reproducibility_check(change, tmp_path, m
         for d in differences(_load_pickle(path), _load_pickle(committed / Path(path).name))
     ]
     assert found, f"changing the {change} went unnoticed"
+
+
+@pytest.mark.parametrize("change", ["target", "mistake", "tolerance"])
+def test_the_comparison_sees_the_changes_of_a_changed_generator(change):
+    """Fast form of the test above (one generation each, slow): the same changes made to the
+    committed data of layer_norm, as the changed generator writes them."""
+    name = {"target": "", "mistake": "_mistakes", "tolerance": "_grading"}[change]
+    committed = _load_pickle(Path(reference_data.OUT_DIRS["public"]) / f"layer_norm{name}.pkl")
+    changed = copy.deepcopy(committed)
+    if change == "target":
+        changed[2]["target"] = changed[2]["target"] * (1 + 1e-4)
+    if change == "mistake":
+        key = next(iter(changed[0]))
+        changed[0][key] = changed[0][key] + 1e-3
+    if change == "tolerance":  # SAFETY_FACTOR 100 instead of 10: measured tolerances 10x
+        for case in changed["cases"]:
+            case.update({k: case[k] * 10 for k in MEASURED_TOLERANCES if case.get(k)})
+    assert differences(copy.deepcopy(committed), committed) == []
+    assert differences(changed, committed), f"changing the {change} went unnoticed"
 
 
 def test_public_and_hidden_data_differ():
@@ -291,6 +340,7 @@ def test_reference_passes_every_student_test(tmp_path, monkeypatch):
     assert outcome == {method_for(i): ("pass", "") for i in EXERCISE_IDS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exercise_id", EXERCISE_IDS)
 def test_stubbing_one_exercise_fails_exactly_its_test(exercise_id, tmp_path, monkeypatch):
     module = load_module(stub_exercise(SOURCE, exercise_id), tmp_path)
@@ -302,6 +352,33 @@ def test_stubbing_one_exercise_fails_exactly_its_test(exercise_id, tmp_path, mon
     assert f"exercise {info['number']}" in message
     broken = {name: result for name, result in outcome.items() if result[0] != "pass"}
     assert not broken, f"stubbing {exercise_id} also broke: {broken}"
+
+
+def test_with_every_exercise_stubbed_each_test_fails_at_its_own_stub(tmp_path, monkeypatch):
+    """With the next test, the fast form of the one above (2 suite runs instead of 11): each
+    test fails at its own exercise's stub, saying that it is not implemented yet."""
+    source = stub_exercise(SOURCE, *EXERCISE_IDS)
+    outcome = run_student_tests(load_module(source, tmp_path), monkeypatch)
+    assert set(outcome) == {method_for(i) for i in EXERCISE_IDS}
+    for exercise_id in EXERCISE_IDS:
+        status, message = outcome[method_for(exercise_id)]
+        assert status == "fail" and "not implemented yet" in message, message
+        assert f"exercise {harness.EXERCISES[exercise_id]['number']}" in message, message
+        assert f"stub for {exercise_id}" in message, message
+
+
+def test_each_test_passes_with_every_other_exercise_stubbed(tmp_path, monkeypatch):
+    """No test needs another exercise's code: stubbing one exercise breaks no other test."""
+    broken = {}
+    for exercise_id in EXERCISE_IDS:
+        source = stub_exercise(SOURCE, *(i for i in EXERCISE_IDS if i != exercise_id))
+        folder = tmp_path / exercise_id
+        folder.mkdir()
+        name = method_for(exercise_id)
+        result = run_student_tests(load_module(source, folder), monkeypatch, [name])[name]
+        if result[0] != "pass":
+            broken[exercise_id] = result
+    assert not broken, f"these tests need another exercise's code: {broken}"
 
 
 def test_every_stored_mistake_is_diagnosed_by_name():
@@ -629,6 +706,7 @@ def _in_exercise_order(names):
 SUMMARY = re.compile(r"^graded exercises passed (\d+)/(\d+), practice passed (\d+)/(\d+)$")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
@@ -639,6 +717,8 @@ SUMMARY = re.compile(r"^graded exercises passed (\d+)/(\d+), practice passed (\d
     ids=["one-test", "unittest", "pytest"],
 )
 def test_handout_commands_run_in_exercise_order_and_end_with_the_summary(command):
+    """The handout's commands, as students type them (a subprocess each, 3-7 s with its torch
+    import; the fast tier runs their in-process forms below)."""
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     output = result.stderr + result.stdout  # unittest reports on stderr; the summary is last
@@ -652,6 +732,72 @@ def test_handout_commands_run_in_exercise_order_and_end_with_the_summary(command
     names = re.findall(r"(?:^|::)(test_\w+)(?: \(test_functions| PASSED)", output, re.M)
     assert _in_exercise_order(names), names
     assert SUMMARY.match(last).groups() == ("2", "2", "9", "9"), last
+
+
+def _run_unittest(name, tmp_path, monkeypatch):
+    """`python -m unittest <name> -v` in this process, on a copy of the reference solution:
+    (the runner's output, the summary line the run would print at exit)."""
+    monkeypatch.setitem(sys.modules, "transformer_utils", load_module(SOURCE, tmp_path))
+    monkeypatch.setattr(harness, "OUTCOMES", {})
+    suite = unittest.defaultTestLoader.loadTestsFromName(name)  # load_tests hook included
+    stream = io.StringIO()
+    result = unittest.TextTestRunner(stream=stream, verbosity=2).run(suite)
+    assert result.wasSuccessful(), stream.getvalue()[-3000:]
+    return stream.getvalue(), harness.summary_line()
+
+
+def test_unittest_runs_the_exercises_in_order_and_counts_them(tmp_path, monkeypatch):
+    """In-process form of `python -m unittest test_functions -v`."""
+    output, last = _run_unittest("test_functions", tmp_path, monkeypatch)
+    names = re.findall(r"(?:^|::)(test_\w+)(?: \(test_functions| PASSED)", output, re.M)
+    assert _in_exercise_order(names), names
+    assert SUMMARY.match(last).groups() == ("2", "2", "9", "9"), last
+
+
+def test_one_unittest_counts_the_others_as_not_run(tmp_path, monkeypatch):
+    """In-process form of `python -m unittest test_functions.TestClass.test_layer_norm -v`."""
+    name = "test_functions.TestClass.test_layer_norm"
+    output, last = _run_unittest(name, tmp_path, monkeypatch)
+    assert "test_layer_norm (test_functions.TestClass.test_layer_norm) ... ok" in output
+    assert output.count(" ... ") == 1, output
+    assert last == "graded exercises passed 1/2, practice passed 0/9 (10 not run)"
+
+
+def test_the_summary_is_registered_to_print_at_exit(monkeypatch, capsys):
+    """In-process form of "the summary is the last line": the first recorded outcome
+    registers the summary with atexit, once, and it prints the summary line."""
+    registered = []
+    monkeypatch.setattr(harness.atexit, "register", registered.append)
+    monkeypatch.setattr(harness, "_SUMMARY_REGISTERED", [])
+    monkeypatch.setattr(harness, "OUTCOMES", {})
+    harness._record("layer_norm", True)
+    harness._record("self_attention", False)
+    assert registered == [harness._print_summary]
+    registered[0]()
+    assert capsys.readouterr().out == (
+        "graded exercises passed 1/2, practice passed 0/9 (9 not run)\n"
+    )
+
+
+def test_pytest_collects_the_exercises_in_order():
+    """In-process form of `python -m pytest test_functions.py`: the root conftest.py's hook
+    reorders pytest's (alphabetical) items of test_functions.py, and only those."""
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+
+    class Item:
+        def __init__(self, nodeid):
+            self.nodeid, self.name = nodeid, nodeid.split("::")[-1]
+
+    alphabetical = sorted(n for n in dir(test_functions.TestClass) if n.startswith("test_"))
+    assert not _in_exercise_order(alphabetical)  # else this test would prove nothing
+    items = [Item("tests/test_a.py::test_z")]
+    items += [Item(f"test_functions.py::TestClass::{n}") for n in alphabetical]
+    items += [Item("tests/test_b.py::test_a")]
+    conftest.pytest_collection_modifyitems(items)
+    assert items[0].name == "test_z" and items[-1].name == "test_a"
+    assert _in_exercise_order([item.name for item in items[1:-1]])
 
 
 def test_the_summary_counts_from_the_data_in_a_student_release(tmp_path, monkeypatch):

@@ -1,24 +1,35 @@
-"""The student release: what ships, how exercises are stubbed, and that it is reproducible."""
+"""The student release: what ships, how exercises are stubbed, and that it is reproducible.
 
+One release is built per module and inspected by most tests. The slow tier also runs the
+released tree's tests and demos in subprocesses; the fast tier runs its stubs in-process.
+"""
+
+import importlib.util
+import io
 import os
 import re
+import shutil
 import subprocess
 import sys
+import unittest
 from pathlib import Path
 
 import pytest
 
 from autograder.assignment import load_assignment
+from instructor import release as release_module
 from instructor.release import (
     ReleaseError,
     build_release,
     check_listing,
     find_regions,
     generated_readme_block,
+    render_config,
     render_readme,
     strip_instructor_text,
     strip_internal_markers,
     stub_source,
+    student_readme,
 )
 from kit.config import read_data_sources
 
@@ -112,21 +123,40 @@ def test_instructor_only_blocks_are_removed_from_any_readme_section():
     )
 
 
-def test_two_releases_are_byte_identical(tmp_path):
-    build_release(tmp_path / "a")
-    build_release(tmp_path / "b")
-    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+@pytest.fixture(scope="module")
+def rebuilt(release, tmp_path_factory):
+    """A second release, later and elsewhere, written with --force over a copy of the first
+    plus a file of its own: (folder, whether that file survived)."""
+    old = tmp_path_factory.mktemp("rebuilt") / "old"
+    shutil.copytree(release, old)  # an earlier release (same files)
+    (old / "leftover.txt").write_text("from an earlier release")
+    build_release(old, force=True)  # an earlier release is replaced
+    return old, (old / "leftover.txt").exists()
 
 
-def test_release_refuses_a_non_empty_folder(tmp_path):
+def test_two_releases_are_byte_identical(release, rebuilt):
+    assert _tree(release) == _tree(rebuilt[0])
+
+
+def _ship_one_file(monkeypatch):
+    """build_release stubs and renders every shipped file before it looks at the output
+    folder; a refusal needs none of that work, so only transformer_utils.py ships."""
+    only = ["transformer_utils.py"]
+    monkeypatch.setattr(release_module, "shipped_files", lambda root, names: only)
+
+
+def test_release_refuses_a_non_empty_folder(tmp_path, monkeypatch):
+    _ship_one_file(monkeypatch)
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(ReleaseError, match="not empty"):
         build_release(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-def test_force_replaces_an_old_release_but_never_a_checkout(tmp_path, monkeypatch):
-    build_release(tmp_path / "old")
-    build_release(tmp_path / "old", force=True)  # an earlier release is replaced
+def test_force_replaces_an_old_release_but_never_a_checkout(rebuilt, tmp_path, monkeypatch):
+    folder, leftover_survived = rebuilt  # an earlier release is replaced
+    assert folder.is_dir() and not leftover_survived
+    _ship_one_file(monkeypatch)
     (tmp_path / "clone" / ".git").mkdir(parents=True)
 
     def refuse(path, *args, **kwargs):  # should the guard break, fail without deleting
@@ -189,6 +219,30 @@ def test_given_region_keeps_code_without_markers():
     source = "def f():\n    # BEGIN SOLUTION conv2d\n    return 1\n    # END SOLUTION\n"
     new, ids = stub_source(source, "ok.py", {"layer_norm"}, {})
     assert new == "def f():\n    return 1\n" and ids == {"conv2d"}
+
+
+def test_released_stubs_fail_with_not_implemented_in_process(release, monkeypatch):
+    """In-process form of the test below: the released test_functions.py, run by unittest on
+    the released transformer_utils.py, fails every stubbed exercise as not implemented."""
+    from kit.exercise_checks import harness
+
+    modules = {}
+    for name in ("transformer_utils", "test_functions"):
+        spec = importlib.util.spec_from_file_location(name, release / f"{name}.py")
+        modules[name] = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "transformer_utils", modules["transformer_utils"])
+    modules["transformer_utils"].__spec__.loader.exec_module(modules["transformer_utils"])
+    monkeypatch.setattr(harness, "OUTCOMES", {})
+    monkeypatch.setattr(harness, "EXERCISES", dict(harness.EXERCISES))  # re-declared below
+    modules["test_functions"].__spec__.loader.exec_module(modules["test_functions"])
+    suite = unittest.defaultTestLoader.loadTestsFromModule(modules["test_functions"])
+    stream = io.StringIO()
+    result = unittest.TextTestRunner(stream=stream, verbosity=2).run(suite)
+    out = stream.getvalue()
+    assert not result.wasSuccessful()
+    for ex in ASSIGNMENT.stubbed_exercises:
+        assert f"test_{ex} (test_functions.TestClass.test_{ex}) ... FAIL" in out, out[-3000:]
+    assert out.count("not implemented yet") >= len(ASSIGNMENT.stubbed_exercises)
 
 
 @pytest.mark.slow
@@ -302,17 +356,39 @@ def test_repository_copies_of_generated_text_are_up_to_date():
     )
 
 
+URL = "https://example.org/course/flowers.tar"
+
+
+def _custom_assignment(folder):
+    """The assignment file with a data URL set and one more required file."""
+    text = (ROOT / "instructor" / "assignment.yml").read_text()
+    custom = text.replace('flowers: "the link on your course page"', f'flowers: "{URL}"').replace(
+        "required_files:\n", 'required_files:\n  - {file: report.pdf, name: "report"}\n'
+    )
+    assert custom != text
+    (folder / "assignment.yml").write_text(custom)
+    return folder / "assignment.yml"
+
+
+def test_data_sources_set_in_the_assignment_reach_the_students_readme_and_config(tmp_path):
+    """In-process form of the test below: what the release writes into README.md and
+    config.yml from a changed assignment file (no release, no demo)."""
+    custom_assignment = load_assignment(_custom_assignment(tmp_path))
+    readme = student_readme((ROOT / "README.md").read_text(), custom_assignment)
+    assert readme_upload_list(readme) == expected_uploads(custom_assignment)
+    assert "report.pdf" in readme_upload_list(readme) and URL in readme
+    (tmp_path / "config.yml").write_text(
+        render_config((ROOT / "config.yml").read_text(), custom_assignment)
+    )
+    assert read_data_sources(tmp_path / "config.yml")["flowers"] == URL
+
+
 @pytest.mark.slow
 def test_data_sources_set_in_the_assignment_reach_the_students_demos(tmp_path):
     """The instructor sets a URL in the assignment file; the release writes it into README.md
     and config.yml, and the shipped demos show it when the data is missing."""
-    text = (ROOT / "instructor" / "assignment.yml").read_text()
-    url = "https://example.org/course/flowers.tar"
-    custom = text.replace('flowers: "the link on your course page"', f'flowers: "{url}"').replace(
-        "required_files:\n", 'required_files:\n  - {file: report.pdf, name: "report"}\n'
-    )
-    assert custom != text
-    (tmp_path / "assignment.yml").write_text(custom)
+    url = URL
+    _custom_assignment(tmp_path)
     out = tmp_path / "student"
     build_release(out, assignment_path=tmp_path / "assignment.yml")
     custom_assignment = load_assignment(tmp_path / "assignment.yml")
