@@ -320,9 +320,26 @@ def shipped_files(root, entries):
     return sorted(names)
 
 
+def check_output_folder(out_dir, root, force):
+    """Whether ``out_dir`` holds an old tree to replace (``force``); refuses a non-empty folder
+    without ``force``, and, even with it, the repository, a folder holding it, or a checkout."""
+    if not (out_dir.exists() and any(out_dir.iterdir())):
+        return False
+    if not force:
+        raise ReleaseError(f"{out_dir} exists and is not empty; choose a new folder or use --force")
+    here = out_dir.resolve()
+    if here == root.resolve() or here in root.resolve().parents or (here / ".git").exists():
+        raise ReleaseError(
+            f"{out_dir} holds a git checkout or this repository; --force will not delete it"
+        )
+    return True
+
+
 def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
     """Write the student tree into ``out_dir``; return the list of files written."""
     root = Path(root)
+    out_dir = Path(out_dir)
+    replace = check_output_folder(out_dir, root, force)  # before any slow work
     assignment = load_assignment(assignment_path or root / "instructor" / "assignment.yml")
     unlisted = check_listing(assignment, root)
     if unlisted:
@@ -365,19 +382,8 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
         )
     for pkl in sorted((root / "test_data").glob("*.pkl")):
         files[f"test_data/{pkl.name}"] = pkl.read_bytes()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise ReleaseError(
-                f"{out_dir} exists and is not empty; choose a new folder or use --force"
-            )
-        # --force deletes the folder: never the repository, a folder holding it, or a checkout
-        here = out_dir.resolve()
-        if here == root.resolve() or here in root.resolve().parents or (here / ".git").exists():
-            raise ReleaseError(
-                f"{out_dir} holds a git checkout or this repository; --force will not delete it"
-            )
-        shutil.rmtree(out_dir)
+    if replace:
+        shutil.rmtree(out_dir)  # only now, once the new tree is built
     out_dir.mkdir(parents=True, exist_ok=True)
     for rel in sorted(files):
         target = out_dir / rel
