@@ -1,9 +1,17 @@
-"""demo_flower.py as a user runs it: smoke preset, preemption + resume, two-process DDP, bad input."""
+"""demo_flower.py as a user runs it: smoke preset, preemption + resume, two-process DDP, bad input.
+
+The fast tier runs the demo in this process (``demo_flower.main(argv)``, see
+tests/demo_in_process.py) on a tiny preset: every bad input, the refusals, a run on
+synthetic flowers, a real SIGTERM and Ctrl-C inside a step and the resumes; one real command
+line (a fresh Python) checks the one-line error end to end. The slow tier (``-m slow``) runs
+the same stories as separate processes: the smoke preset, signals from outside, torchrun.
+"""
 
 import os
 import pickle
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_in_process import (
+    assert_one_error_line,
+    call_demo,
+    command_line_of,
+    signal_after_step,
+    snapshot,
+)
 
+import demo_flower
 from kit.flower import synthetic as synthetic_flowers
 from kit.runs import read_predictions
 
@@ -39,6 +55,7 @@ flower:
     image_size: 32
     resize_size: 36
     precision: fp32
+    device: cpu
 """
 
 
@@ -276,31 +293,170 @@ BAD_CASES = [
 ]
 
 
-def snapshot(folder):
-    return {p: p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+@pytest.fixture(scope="module")
+def command_line(request, tmp_path_factory):
+    """The real command line with a bad input (tests/demo_in_process.py: COMMAND_LINES), in
+    a fresh Python started by the first in-process test (see ``demo``) to load beside them."""
+    check = command_line_of(request, tmp_path_factory)
+    yield check
+    check.close()
+
+
+@pytest.fixture
+def demo(command_line, tmp_path, monkeypatch, capfd):
+    """``demo(*args)``: demo_flower.main(args) in this process, in ``tmp_path``, offline:
+    (exit status, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VIT_OFFLINE", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return lambda *args: call_demo(demo_flower.main, args, capfd)
 
 
 @pytest.mark.parametrize("name", BAD_CASES)
-def test_bad_input_is_one_line_and_writes_nothing(name, tiny, tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(name, demo, tiny, tmp_path):
     args, expect = bad_case(name, tiny, tmp_path)
     before = snapshot(tmp_path)
-    result = run_demo(*args, cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and expect in lines[0], result.stderr
+    code, out, err = demo(*args)
+    assert_one_error_line(code, out, err, expect)
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "run").exists()
 
 
-def test_existing_run_without_resume_is_refused(tiny, tmp_path):
+def test_existing_run_without_resume_is_refused(demo, tiny, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("keep: me\n")
     (run / "checkpoint.pt").write_bytes(b"precious")
     before = snapshot(tmp_path)
-    result = run_demo(*tiny_args(tiny, run), cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "already holds a run" in lines[0] and "--resume" in lines[0]
+    code, out, err = demo(*tiny_args(tiny, run))
+    line = assert_one_error_line(code, out, err, "already holds a run")
+    assert "--resume" in line
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- runs, in this process
+
+
+@pytest.fixture(scope="module")
+def straight(tiny, tmp_path_factory):
+    """An uninterrupted tiny run (3 epochs of 4 steps), in this process: what a stopped and
+    resumed run must equal."""
+    cwd = tmp_path_factory.mktemp("flower_straight")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setenv("VIT_OFFLINE", "1")
+        patch.delenv("WORLD_SIZE", raising=False)
+        code, _, err = call_demo(demo_flower.main, tiny_args(tiny, cwd / "straight"))
+    assert code == 0, err[-2000:]
+    return cwd / "straight"
+
+
+def test_without_data_dir_a_run_uses_synthetic_flowers_and_says_so(demo, tiny, tmp_path):
+    """The smoke test's story on a small set: no flags at all (preset flower_smoke, run folder
+    runs/flower_smoke), no flower-dataset-reduced/ so synthetic-data/ is used (made ready
+    here, small; generating it is synthetic_flowers.generate, as in ``tiny``), loudly."""
+    shutil.copytree(tiny / "data", tmp_path / "synthetic-data" / "flower-dataset-reduced")
+    code, out, err = demo()
+    assert code == 0, err[-2000:]
+    assert "Traceback" not in out + err
+    assert "SYNTHETIC DATA" in out
+    run = tmp_path / "runs" / "flower_smoke"
+    assert "SYNTHETIC DATA" in (run / "train.log").read_text()
+    for name in ("config.yaml", "checkpoint.pt", "best.pt", "test_flower.txt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").iterdir())
+    preds, synthetic = read_predictions(run / "test_flower.txt")
+    assert synthetic, "predictions of a synthetic run must be marked (the grader refuses them)"
+    assert len(preds) == 40 and all(0 <= p < 102 for p in preds)
+    said = [line for line in out.splitlines() if " predictions to " in line]
+    assert len(said) == 1 and said[0].split(" predictions to ")[1].startswith(
+        "runs/flower_smoke/test_flower.txt: SYNTHETIC DATA, do not upload"
+    ), said
+    assert len(history(run)) == 6  # the preset's epochs
+    assert not (tmp_path / "flower-dataset-reduced").exists()  # never in the real data's place
+
+
+def test_sigterm_in_a_step_checkpoints_exits_75_and_resume_matches_uninterrupted(
+    demo, tiny, straight, tmp_path, monkeypatch
+):
+    """A real SIGTERM (Slurm's) in epoch 2, caught by the demo's own handler: checkpoint.pt,
+    status 75 and the command that continues; --resume then ends where an uninterrupted run
+    ends, to the bit."""
+    out = tmp_path / "interrupted"
+    args = tiny_args(tiny, out)
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, DEMO, *args])
+    with signal_after_step(signal.SIGTERM, 6):
+        code, _, err = demo(*args)
+    assert code == 75, err[-2000:]
+    assert "Traceback" not in err
+    resume = shlex.join([sys.executable, DEMO, *args, "--resume"])
+    assert err.strip().splitlines()[-1] == (
+        "stopped by SIGTERM: checkpoint.pt written at epoch 2 of 3, step 2 of 4; "
+        f"continue with: {resume}"
+    )
+    assert len(history(out)) == 1 and not (out / "test_flower.txt").exists()
+
+    code, _, err = demo(*args, "--resume")
+    assert code == 0, err[-2000:]
+    assert history(out) == history(straight)
+    assert (out / "test_flower.txt").read_text() == (straight / "test_flower.txt").read_text()
+
+
+def test_ctrl_c_in_a_step_prints_the_resume_command_and_it_finishes(
+    demo, tiny, tmp_path, monkeypatch
+):
+    """A real SIGINT (Ctrl-C) in the first epoch: the step finishes, checkpoint.pt is written,
+    the last line is the command that continues; its arguments, run again, resume from the
+    place the first message named and finish the run."""
+    out = tmp_path / "run"
+    args = tiny_args(tiny, out)
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, DEMO, *args])
+    with signal_after_step(signal.SIGINT, 2):
+        code, _, err = demo(*args)
+    assert code == 75, err[-2000:]
+    assert "Traceback" not in err and "press Ctrl-C again to quit at once" in err
+    stopped = STOPPED.fullmatch(err.strip().splitlines()[-1])
+    assert stopped, err[-2000:]
+    where, command = stopped.groups()
+    assert where == "epoch 1 of 3, step 2 of 4"
+    assert (out / "checkpoint.pt").is_file() and len(history(out)) < 3
+    argv = shlex.split(command)
+    assert argv == [sys.executable, DEMO, *args, "--resume"]
+
+    code, stdout, err = demo(*argv[2:])
+    assert code == 0, err[-2000:]
+    assert f"resumed from {out / 'checkpoint.pt'} at {where}\n" in stdout
+    assert len(history(out)) == 3 and (out / "test_flower.txt").is_file()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0_in_process(
+    demo, tiny, straight, tmp_path
+):
+    """What a run leaves when it dies in its first epoch: config.yaml, no checkpoint.pt. The
+    plain rerun says "pass --resume"; --resume starts from step 0 with the saved settings
+    and ends as the uninterrupted run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_bytes((straight / "config.yaml").read_bytes())
+    code, out, err = demo(*tiny_args(tiny, run))
+    line = assert_one_error_line(code, out, err, "already holds a run")
+    assert "pass --resume" in line
+    code, out, err = demo(*tiny_args(tiny, run), "--resume")
+    assert code == 0, err[-2000:]
+    assert "starting from step 0 with the saved settings" in out
+    assert history(run) == history(straight)
+
+
+# ---------------------------------------------------------------- the real command line
+
+
+def test_the_command_line_refuses_bad_input_in_one_line(command_line):
+    """The real command line (absl's app.run, sys.exit, the imports): one line, status 1.
+    Last in the module: its process was started early (see ``command_line``)."""
+    result = command_line.result()
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown preset 'vit_deeep'"), lines
+    assert "valid presets" in lines[0] and "flower_smoke" in lines[0]
+    assert snapshot(command_line.cwd) == {}

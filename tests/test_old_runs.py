@@ -4,16 +4,18 @@
 into the ``kit/`` package (commit 3fad844): ``demo_scratch.py`` with the preset of
 ``tests/data/before_house.yml`` (synthetic CIFAR-10 in the real format, a tiny ViT), stopped
 after step 3 of epoch 1 of 2. Today's ``demo_scratch.py --resume`` must finish it, and finish
-it exactly as an uninterrupted run of today's code does.
+it exactly as an uninterrupted run of today's code does. Both runs go through the demo's
+``main(argv)`` in this process (tests/demo_in_process.py), which is what the command line runs.
 """
 
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from demo_in_process import call_demo
+
+import demo_scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -41,10 +43,11 @@ def load_plain(path):
     return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PlainPickle)
 
 
-def demo(cwd, *args):
-    cmd = [sys.executable, str(ROOT / "demo_scratch.py"), "--config", str(PRESET)]
-    cmd += ["--exp_name", "before_house", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+def demo(capfd, *args):
+    """demo_scratch.py with the old run's preset, in this process: (status, stdout, stderr)."""
+    return call_demo(
+        demo_scratch.main, ["--config", str(PRESET), "--exp_name", "before_house", *args], capfd
+    )
 
 
 def test_the_old_checkpoint_holds_plain_data_only():
@@ -53,14 +56,16 @@ def test_the_old_checkpoint_holds_plain_data_only():
     assert state["config"]["exp_name"] == "before_house"
 
 
-def test_a_run_stopped_before_the_move_resumes_exactly(tmp_path):
+def test_a_run_stopped_before_the_move_resumes_exactly(tmp_path, monkeypatch, capfd):
     shutil.copytree(OLD_RUN, tmp_path / "old")
-    resumed = demo(tmp_path, "--output_dir", "old", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)  # the old run's config.yaml names a relative data folder
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code, _, err = demo(capfd, "--output_dir", "old", "--resume")
+    assert code == 0, err[-2000:]
     log = (tmp_path / "old" / "train.log").read_text()
     assert "resumed from old/checkpoint.pt at epoch 1 of 2, step 3 of 8" in log
-    fresh = demo(tmp_path, "--output_dir", "fresh")  # today's code, uninterrupted
-    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    code, _, err = demo(capfd, "--output_dir", "fresh")  # today's code, uninterrupted
+    assert code == 0, err[-2000:]
     for name in ("test_predictions.txt", "best.pt"):
         assert (tmp_path / "old" / name).is_file(), name
     old = (tmp_path / "old" / "test_predictions.txt").read_text()

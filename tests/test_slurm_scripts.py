@@ -1,7 +1,12 @@
 """The sbatch scripts without a cluster: syntax, settings, README agreement, and their logic.
 
 The logic tests run ``bash flower.sbatch`` outside Slurm (it works there too) on a copy of the
-kit whose demo is replaced by ``tests/slurm/fake_demo.py``, so they take seconds. The real
+kit whose demo is replaced by ``tests/slurm/fake_demo.py``, so they take a fraction of a
+second each: the fake demo's steps take no time unless a test needs them
+(``FAKE_STEP_SECONDS``), and the script's own one-second pause after the demo (``sleep 1``,
+for its log's tee processes to flush) is shortened by a ``sleep`` on PATH
+(``quick_sleep_dir``): the tests read the log once the job's tee processes have exited, so
+the pause changes nothing they check. The slow torchrun test keeps the real pause. The real
 demos on a real (local) Slurm cluster are in test_slurm_cluster.py.
 """
 
@@ -167,13 +172,34 @@ def fake_kit(tmp_path):
     return tmp_path
 
 
-def run_script(kit: Path, name: str, env: dict, **kw) -> subprocess.CompletedProcess:
+def quick_sleep_dir(kit: Path) -> Path:
+    """A folder for the front of PATH whose ``sleep`` makes the script's ``sleep 1`` (after
+    the demo: the tee processes of its log flush) last 0.05 s; any other sleep (the warning
+    timer's) is the real one, in the same process."""
+    folder = kit / "quick_sleep_bin"
+    if not folder.is_dir():
+        folder.mkdir()
+        real = shutil.which("sleep")
+        (folder / "sleep").write_text(
+            f'#!/bin/sh\nif [ "$*" = 1 ]; then exec {real} 0.05; fi\nexec {real} "$@"\n'
+        )
+        (folder / "sleep").chmod(0o755)
+    return folder
+
+
+def run_script(
+    kit: Path, name: str, env: dict, quick_sleep: bool = True, **kw
+) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
     clean.pop("OMP_NUM_THREADS", None)
+    clean["FAKE_STEP_SECONDS"] = "0"  # the fake demo's 5 steps, at once (env may ask for more)
+    env = {**clean, **env}
+    if quick_sleep:
+        env["PATH"] = f"{quick_sleep_dir(kit)}:{env['PATH']}"
     return subprocess.run(
         ["bash", f"{name}.sbatch"],
         cwd=kit,
-        env={**clean, **env},
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -302,6 +328,7 @@ def test_signal_is_forwarded_and_checkpoint_kept(fake_kit, sig):
         "EXP_NAME": "e1",
         "FAKE_STEPS": "600",
         "FAKE_STEP_SECONDS": "0.05",
+        "PATH": f"{quick_sleep_dir(fake_kit)}:{os.environ['PATH']}",
     }
     proc = subprocess.Popen(
         ["bash", "flower.sbatch"], cwd=fake_kit, env=env, stdout=subprocess.PIPE, text=True
@@ -309,8 +336,8 @@ def test_signal_is_forwarded_and_checkpoint_kept(fake_kit, sig):
     run = fake_kit / "runs" / "s"
     deadline = time.monotonic() + 30
     while not (run / "starts.txt").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+        time.sleep(0.05)
+    time.sleep(0.2)  # starts.txt is written after the fake demo set its handlers
     proc.send_signal(sig)  # what Slurm does to the batch shell (B:USR1) or at the time limit
     out, _ = proc.communicate(timeout=60)
     # Outside Slurm nothing can requeue: the script reports 75 and how to continue.
@@ -327,7 +354,7 @@ def test_no_requeue_without_a_new_checkpoint(fake_kit):
         "OUTPUT_DIR": "runs/n",
         "EXP_NAME": "e1",
         "SLURM_JOB_ID": "999999",  # pretend: the script would call scontrol requeue
-        "PATH": f"{fake_kit}:{os.environ['PATH']}",
+        "PATH": f"{quick_sleep_dir(fake_kit)}:{fake_kit}:{os.environ['PATH']}",
     }
     # A demo that dies of the signal before saving anything (e.g. still importing torch).
     (fake_kit / "demo_flower.py").write_text("import time\ntime.sleep(60)\n")
@@ -349,9 +376,17 @@ def test_no_requeue_without_a_new_checkpoint(fake_kit):
         text=True,
         start_new_session=True,
     )
-    time.sleep(2)
+    # Once the timer is armed (its message), give the job a moment to start the demo and the
+    # timer its own sleep, then send Slurm's warning.
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "warning signal in" in line:
+            break
+    time.sleep(0.5)
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=60)
+    out = "".join(seen) + out
     assert proc.returncode == 75
     assert "warning signal in 3" in out  # the timer was armed (~3420 s)
     assert "without writing a new checkpoint; not requeued" in out
@@ -369,12 +404,65 @@ def test_no_requeue_without_a_new_checkpoint(fake_kit):
 
 @pytest.mark.slow
 def test_two_processes_are_launched_with_torchrun(fake_kit):
-    result = run_script(fake_kit, "flower", {"OUTPUT_DIR": "runs/m", "EXP_NAME": "e", "NGPUS": "2"})
+    env = {"OUTPUT_DIR": "runs/m", "EXP_NAME": "e", "NGPUS": "2"}
+    result = run_script(fake_kit, "flower", env, quick_sleep=False)  # the real pause, too
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch.distributed.run --standalone --nproc_per_node=2" in result.stdout
     run = fake_kit / "runs" / "m"
     assert starts(run)[0].startswith("rank=0 world=2")
     assert "omp=" in starts(run)[0]
+    assert (run / "starts_rank1.txt").read_text().startswith("rank=1 world=2")
+
+
+FAKE_TORCHRUN = """#!/bin/sh
+# The environment's python, except that `-m torch.distributed.run ... --nproc_per_node=N
+# DEMO ARGS` starts N copies of DEMO with torchrun's variables (no torch needed).
+if [ "$1" = -m ] && [ "$2" = torch.distributed.run ]; then
+  echo "fake torchrun: $*"
+  shift 2
+  n=1
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --nproc_per_node=*) n="${1#*=}"; shift ;;
+      --*) shift ;;
+      *) break ;;
+    esac
+  done
+  pids=""
+  rank=0
+  while [ "$rank" -lt "$n" ]; do
+    RANK=$rank LOCAL_RANK=$rank WORLD_SIZE=$n "PYTHON_EXE" "$@" &
+    pids="$pids $!"
+    rank=$((rank + 1))
+  done
+  status=0
+  for pid in $pids; do wait "$pid" || status=$?; done
+  exit $status
+fi
+exec "PYTHON_EXE" "$@"
+"""
+
+
+def test_more_than_one_gpu_launches_torchrun_one_process_each(fake_kit, tmp_path):
+    """NGPUS=2: the launcher is torchrun with 2 processes and the CPUs split between them
+    (the script's logic; a fake torchrun starts the ranks). The real torchrun: the slow
+    test above."""
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    python = tmp_path / "env" / "bin" / "python"
+    python.write_text(FAKE_TORCHRUN.replace("PYTHON_EXE", sys.executable))
+    python.chmod(0o755)
+    env = {"OUTPUT_DIR": "runs/m", "EXP_NAME": "e", "NGPUS": "2"}
+    env.update(VIRTUAL_ENV=str(tmp_path / "env"), CONDA_PREFIX="")
+    result = run_script(fake_kit, "flower", env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in result.stdout
+    assert "fake torchrun: -m torch.distributed.run --standalone --nproc_per_node=2" in (
+        result.stdout
+    )
+    run = fake_kit / "runs" / "m"
+    assert starts(run)[0].startswith("rank=0 world=2")
+    omp = starts(run)[0].split("omp=")[1]
+    assert int(omp) == max(1, int(subprocess.check_output(["nproc"], text=True)) // 2)
     assert (run / "starts_rank1.txt").read_text().startswith("rank=1 world=2")
 
 
@@ -410,6 +498,7 @@ def test_late_signal_after_the_predictions_is_not_a_failure(fake_kit):
         **{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))},
         "OUTPUT_DIR": "runs/late",
         "EXP_NAME": "e1",
+        "PATH": f"{quick_sleep_dir(fake_kit)}:{os.environ['PATH']}",
     }
     # Writes checkpoint and predictions, then "shuts down" with default signal handlers.
     (fake_kit / "demo_flower.py").write_text(
@@ -425,8 +514,8 @@ def test_late_signal_after_the_predictions_is_not_a_failure(fake_kit):
     )
     deadline = time.monotonic() + 30
     while not (fake_kit / "runs/late/test_flower.txt").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+        time.sleep(0.05)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
