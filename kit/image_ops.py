@@ -24,7 +24,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,11 +42,16 @@ def to_chw_uint8(image: np.ndarray) -> torch.Tensor:
 def resize_shorter_side(image: torch.Tensor, size: int) -> torch.Tensor:
     """(3, H, W) uint8 -> (3, H', W') uint8 with min(H', W') == size (bilinear, antialiased),
     exactly like ``torchvision.transforms.Resize(size)``."""
+    # torchvision only here: importing it costs about 2 s, which Question 4's demo never needs
+    import torchvision.transforms.v2.functional as TF
+
     return TF.resize(image, [size], antialias=True)
 
 
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     """(3, H, W) -> (3, size, size), like ``torchvision.transforms.CenterCrop``."""
+    import torchvision.transforms.v2.functional as TF
+
     return TF.center_crop(image, [size, size])
 
 
