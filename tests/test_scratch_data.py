@@ -13,7 +13,7 @@ import torch
 from kit.scratch import datasets as scratch_data
 from kit.scratch import synthetic_cifar
 from kit.scratch.datasets import (
-    DataError,
+    DatasetFileError,
     load_cifar_split,
     load_idx_split,
     read_idx,
@@ -87,7 +87,7 @@ def test_truncated_idx_file_is_a_one_line_error_naming_it(tmp_path, gz):
         path = path.with_name(path.name + ".gz")
         data = gzip.compress(data)
     path.write_bytes(data)
-    with pytest.raises(DataError, match="truncated") as err:
+    with pytest.raises(DatasetFileError, match="truncated") as err:
         load_idx_split(tmp_path, "train")
     assert_one_line_naming(err, path)
 
@@ -95,22 +95,23 @@ def test_truncated_idx_file_is_a_one_line_error_naming_it(tmp_path, gz):
 def test_corrupt_gzip_and_bad_header_are_one_line_errors(tmp_path):
     bad_gz = tmp_path / "x-idx3-ubyte.gz"
     bad_gz.write_bytes(b"\x1f\x8b\x08\x00garbage that is not deflate data")
-    with pytest.raises(DataError) as err:
+    with pytest.raises(DatasetFileError) as err:
         read_idx(bad_gz)
     assert_one_line_naming(err, bad_gz)
     not_idx = tmp_path / "x-idx3-ubyte"
     not_idx.write_bytes(b"PNG\x00" + bytes(100))
-    with pytest.raises(DataError, match="bad header") as err:
+    with pytest.raises(DatasetFileError, match="bad header") as err:
         read_idx(not_idx)
     assert_one_line_naming(err, not_idx)
 
 
 def test_missing_fashion_mnist_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setattr(scratch_data, "FASHION_MNIST_DIR", str(tmp_path / "none"))
-    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as err:
+    with pytest.raises(DatasetFileError, match="apt-get install dataset-fashion-mnist") as err:
         load_idx_split(tmp_path / "none", "train", "fashion_mnist")
     assert "\n" not in str(err.value)
-    with pytest.raises(DataError, match="--data_dir"):  # another folder: where to put the files
+    # another folder: where to put the files
+    with pytest.raises(DatasetFileError, match="--data_dir"):
         load_idx_split(tmp_path, "train", "mnist")
 
 
@@ -145,11 +146,11 @@ def test_truncated_or_missing_cifar_file_is_a_one_line_error_naming_it(tmp_path)
     synthetic_cifar.generate(tmp_path, per_file=10, seed=0)
     path = tmp_path / "data_batch_3"
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(DataError, match="truncated or corrupt") as err:
+    with pytest.raises(DatasetFileError, match="truncated or corrupt") as err:
         load_cifar_split(tmp_path, "train")
     assert_one_line_naming(err, path)
     (tmp_path / "test_batch").unlink()
-    with pytest.raises(DataError, match="not found") as err:
+    with pytest.raises(DatasetFileError, match="not found") as err:
         load_cifar_split(tmp_path, "test")
     assert_one_line_naming(err, tmp_path / "test_batch")
 
@@ -161,5 +162,5 @@ def test_validation_split_is_fixed_disjoint_and_complete():
     assert len(val) == 20 and not set(train.tolist()) & set(val.tolist())
     assert sorted(train.tolist() + val.tolist()) == list(range(100))
     assert not torch.equal(split_train_val(100, 20, seed=6)[1], val)
-    with pytest.raises(DataError, match="val_images"):
+    with pytest.raises(DatasetFileError, match="val_images"):
         split_train_val(10, 10, seed=0)
