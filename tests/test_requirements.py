@@ -152,9 +152,15 @@ def test_ci_runs_the_readme_test_command_in_fresh_venvs_of_both_files():
     assert command == "python -m pytest -q"
     ci = (ROOT / ".ci" / "run").read_text()
     code = [line.split("#", 1)[0].strip() for line in ci.splitlines()]
-    assert any(line.startswith(command + " ") or line == command for line in code), (
-        f".ci/run must run README's test command {command!r} exactly"
+    # Directly, or through run_pytest ARGS: `python -m pytest "$@"`, failing on no tests.
+    args = command.removeprefix("python -m pytest")
+    wrapped = any(line.startswith('python -m pytest "$@"') for line in code) and (
+        f"run_pytest{args}" in code
     )
+    direct = any(line.startswith(command + " ") or line == command for line in code)
+    assert direct or wrapped, f".ci/run must run README's test command {command!r} exactly"
+    slow = f"{command} -m slow"  # and the slow tier
+    assert slow in code or (wrapped and f"run_pytest{args} -m slow" in code), slow
     assert "make_venv lock requirements-lock.txt" in code
     assert "PIP_CONSTRAINT=/dev/null make_venv newest requirements-dev.txt" in code
     assert re.search(r'-m venv "\$WORK/', ci) and "mktemp -d /tmp/" in ci  # a venv under /tmp
