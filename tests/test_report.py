@@ -1,7 +1,9 @@
 """report.py on real run folders: two flower runs and a PixMo run made by the demos themselves
-(tiny presets on small synthetic data, made once per module), plus edited copies of them."""
+(their main() in this process: tiny presets on small synthetic data, made once per module),
+plus edited copies of them. The slow tier adds report.py's command line in a real process."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -13,7 +15,10 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from rest_support import torch_one_thread  # noqa: F401  (one torch thread: see there)
 
+import demo_flower
+import demo_pixmo
 import report
 import transformer_utils
 from kit import finished_runs
@@ -41,6 +46,7 @@ flower:
     image_size: 32
     resize_size: 36
     precision: fp32
+    device: cpu
   tiny_p1:
     <<: *flower_tiny
     num_prompts: 1
@@ -49,22 +55,28 @@ pixmo:
     model: point
     tokens_side: 2
     crop_size: 32
+    crop_stream: false  # one pass through the ResNet per image
+    num_layers: 1
+    head_hidden: 32
     trainable_from: none
     epochs: 2
     batch_size: 8
     eval_batch_size: 16
     image_size: 32
-    synthetic_sizes: [48, 16, 16]
+    synthetic_sizes: [16, 8, 8]  # preview draws 16 training images
     synthetic_min_side: 40
     synthetic_max_side: 80
     download_weights: false
     bn_calibration_images: 16
+    device: cpu
 """
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """A folder as a student's: synthetic data where the demos look for it, and three runs."""
+    """A folder as a student's: synthetic data where the demos look for it, and three runs,
+    each made by its demo's main() in this process (as ``python demo_*.py`` would, without
+    starting Python and torch again)."""
     root = tmp_path_factory.mktemp("report")
     counts = {"train": 96, "val": 32, "test": 40}
     # The demo uses a ready synthetic folder as it is (and marks the run synthetic).
@@ -73,33 +85,18 @@ def work(tmp_path_factory):
     )
     (root / "presets.yml").write_text(PRESETS)
     jobs = {
-        "a": ("demo_flower.py", "tiny"),
-        "b": ("demo_flower.py", "tiny_p1"),
-        "pix": ("demo_pixmo.py", "tiny"),
+        "a": (demo_flower, "tiny"),
+        "b": (demo_flower, "tiny_p1"),
+        "pix": (demo_pixmo, "tiny"),
     }
-    procs = {
-        name: subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / demo),
-                "--config",
-                "presets.yml",
-                "--exp_name",
-                preset,
-                "--output_dir",
-                f"runs/{name}",
-            ],
-            cwd=root,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for name, (demo, preset) in jobs.items()
-    }
-    for name, proc in procs.items():
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{name}: {output[-3000:]}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # the presets' data folders are relative, as in a student's folder
+        mp.setenv("VIT_OFFLINE", "1")
+        for name, (demo, preset) in jobs.items():
+            args = ["--config", "presets.yml", "--exp_name", preset, "--output_dir", f"runs/{name}"]
+            assert demo.main(args) == 0, f"{name}: see the captured output"
+    for handler in logging.getLogger("train").handlers:  # the last run's train.log stays open
+        handler.close()
     return root
 
 
@@ -147,7 +144,7 @@ def one_line_error(result_or_capsys_err: str) -> str:
 # ---------------------------------------------------------------------- curves
 
 
-def test_curves_png_and_pdf_from_the_event_files(cwd, tmp_path):
+def test_curves_png_and_pdf_from_the_event_files(cwd, tmp_path, monkeypatch):
     runs = [finished_runs.read_run(cwd / "runs" / n) for n in ("a", "b", "pix")]
     # The scalars are the Trainer's history, read back by TensorBoard's reader.
     for run in runs:
@@ -155,9 +152,32 @@ def test_curves_png_and_pdf_from_the_event_files(cwd, tmp_path):
         for key in ("train_loss", "val_acc"):
             got = [v for _, v in values[key]]
             assert np.allclose(got, [h[key] for h in history(run.path)], rtol=1e-6)
+    drawn = []  # each panel's labelled lines: (label, epochs, values)
+    save_figure = curves.save_figure
+
+    def keep_lines(fig, out):
+        drawn.append({
+            ax.get_title(): [
+                (line.get_label(), list(line.get_xdata()), list(line.get_ydata()))
+                for line in ax.get_lines() if not line.get_label().startswith("_")
+            ]
+            for ax in fig.axes
+        })  # fmt: skip
+        return save_figure(fig, out)
+
+    monkeypatch.setattr(curves, "save_figure", keep_lines)
     out = tmp_path / "curves.png"
     assert report.main(["curves", "runs/a", "runs/b", "runs/pix", "--out", str(out)]) == 0
     assert_image(out, curves.CURVES_FIGSIZE)
+    for tag, title, _ in curves.CURVE_PANELS:  # every run in every panel, its whole history
+        lines = drawn[0][title]
+        assert [label for label, _, _ in lines] == [
+            f"{n} [synthetic data]" for n in ("a", "b", "pix")
+        ]
+        for (_, epochs, values), run in zip(lines, runs):
+            h = history(run.path)
+            assert epochs == [e["epoch"] for e in h], title
+            assert np.allclose(values, [e[tag] for e in h], rtol=1e-6), title
     pdf = tmp_path / "curves.pdf"
     assert report.main(["curves", "runs/a", "--out", str(pdf)]) == 0
     assert pdf.read_bytes().startswith(b"%PDF")
@@ -335,7 +355,15 @@ def test_bad_input_is_one_line(cwd, tmp_path, capsys):
     assert not (cwd / "c.png").exists()
 
 
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors: one line too
+        report.main(["curves", "runs/a"])  # --out forgotten
+    assert exit_info.value.code == 2 and "--out" in one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(work, capsys):
+    """In a real process (test_bad_input_is_one_line checks the same errors in-process)."""
     result = run_cli("attention", "--run", "runs/pix", "--out", "x.png", cwd=work)
     assert result.returncode == 1 and "need a ViT run" in one_line_error(result.stderr)
     with pytest.raises(SystemExit) as exit_info:  # argparse's own errors: one line too
@@ -431,7 +459,8 @@ def test_question_4_runs_by_the_contract(fake_q4, tmp_path):
     _, attentions = model(images[:2].float() / 255, return_attention=True)
     assert torch.allclose(maps["last_heads"], attentions[-1][:, :, 0, 1:].reshape(2, 2, 4, 4))
     assert maps["class_names"][3] == "item 3" and maps["synthetic"]
-    assert report.main(["attention", "--run", str(vit), "--rollout", "--out", str(tmp_path / "a.png")]) == 0  # fmt: skip
+    args = ["attention", "--run", str(vit), "--images", "2", "--rollout"]
+    assert report.main([*args, "--out", str(tmp_path / "a.png")]) == 0
 
     emb = posemb.learned_position_embeddings(vit)
     pe = model.learned_position_embeddings().detach()
