@@ -6,7 +6,7 @@ that each import torch, and the tiny PixMo benchmark alone needs a minute of CPU
 end-to-end test runs the parts whose code is specific to this script (the resume with
 SIGTERM, the DDP worker under torchrun, a pipeline benchmark and its projection); the demo
 smoke parts share their parsing with the resume part, and the ViT-step JSON is checked
-in-process.
+in-process (tests/test_benchmarks.py, with the benchmark's tiny run).
 """
 
 import argparse
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_vit_step, gpu_checks
+from benchmarks import gpu_checks
 from benchmarks.gpu_checks import Part, Record
 from kit.config import load_preset
 from kit.flower.recipe import FlowerConfig
@@ -149,18 +149,6 @@ def test_targets_are_judged_on_a_gpu_only(tmp_path):
     assert "bench_pixmo_pipeline" not in targets and "H200" in targets["bench_vit_step"]["note"]
     c.cpu = True
     assert c.targets()["bench_flower_pipeline"]["met"] is None
-
-
-def test_bench_vit_step_writes_its_summary_as_json(tmp_path):
-    path = tmp_path / "vit.json"
-    args = ["--tiny", "--modes", "eager", "--steps", "1", "--warmup", "1", "--json", str(path)]
-    printed = bench_vit_step.main(args)
-    saved = json.loads(path.read_text())
-    assert saved == json.loads(json.dumps(printed))
-    ours, theirs = saved["results"]["ours/eager"], saved["results"]["torchvision/eager"]
-    assert saved["ratios"]["eager"]["speed"] == pytest.approx(
-        ours["img_per_s"] / theirs["img_per_s"]
-    )
 
 
 def test_unknown_parts_get_a_one_line_error():
