@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from rest_support import torch_one_thread  # noqa: F401  (one torch thread: see there)
 
 import kit.trainer as trainer_module
 from fine_tune import ViTPrompt
@@ -178,23 +179,31 @@ def tiny_run(run_dir, stop_at_step=None, resume=False, epochs=3, checkpoint_ever
     return trainer.fit(), model
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """tiny_run's 3 epochs without a stop, once for the tests that compare a resumed run with
+    it: its result (the history) and its trained prompts."""
+    result, model = tiny_run(tmp_path_factory.mktemp("uninterrupted") / "run")
+    return result, model.prompts.detach().clone()
+
+
 @pytest.mark.parametrize("stop_at_step", [7, 10])  # mid-epoch, and at an epoch boundary
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, stop_at_step):
-    expected, model_a = tiny_run(tmp_path / "a")
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, stop_at_step, uninterrupted):
+    expected, prompts_a = uninterrupted
     with pytest.raises(Preempted):
         tiny_run(tmp_path / "b", stop_at_step=stop_at_step)
     assert (tmp_path / "b" / CHECKPOINT_FILE).is_file()
     resumed, model_b = tiny_run(tmp_path / "b", resume=True)
     assert resumed["history"] == expected["history"]
-    torch.testing.assert_close(model_b.prompts, model_a.prompts, rtol=0, atol=0)
+    torch.testing.assert_close(model_b.prompts, prompts_a, rtol=0, atol=0)
     assert (tmp_path / "b" / "best.pt").is_file()
     assert list((tmp_path / "b" / "tensorboard").iterdir())
 
 
-def test_a_signal_before_training_starts_still_checkpoints_and_resumes(tmp_path):
+def test_a_signal_before_training_starts_still_checkpoints_and_resumes(tmp_path, uninterrupted):
     """SIGTERM while the data loads (before fit) must not be lost: run_main's handler records
     it, the first step ends with checkpoint.pt and Preempted (exit 75), and --resume works."""
-    expected, _ = tiny_run(tmp_path / "a")
+    expected, _ = uninterrupted
     try:
         with stop_on_signals():
             os.kill(os.getpid(), signal.SIGTERM)  # delivered now, to the handler
@@ -242,6 +251,33 @@ def test_background_saver_snapshots_at_save_time_and_reports_errors(tmp_path):
         saver.wait()  # the write's error reaches the caller
 
 
+def test_compile_is_used_only_with_a_cpu_compiler(tmp_path, monkeypatch):
+    """The Trainer's choice, with a stand-in for torch.compile (the first real call imports
+    torch's inductor: about 3 s; the slow tier's test below compiles for real)."""
+    model = ViTPrompt(5, "vit_tiny_test", num_prompts=2, weights=None)
+    calls = []
+
+    def fake_compile(module, mode=None):
+        calls.append((module, mode))
+        return torch.nn.Sequential(module)  # another module around the same one
+
+    monkeypatch.setattr(trainer_module.torch, "compile", fake_compile)
+    monkeypatch.setattr(trainer_module.shutil, "which", lambda name: "/usr/bin/" + name)
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+    compiled = Trainer(model, make_source(True), make_source(False), tmp_path / "a",
+                       TrainConfig(compile=True, compile_mode="max-autotune"))  # fmt: skip
+    assert calls == [(model, "max-autotune")], "compile: true with a compiler must compile"
+    assert compiled.train_model is compiled.eval_model is not model
+    monkeypatch.setattr(trainer_module.shutil, "which", lambda name: None)
+    trainer = Trainer(model, make_source(True), make_source(False), tmp_path / "b",
+                      TrainConfig(compile=True))  # fmt: skip
+    assert len(calls) == 1, "compiled anyway"
+    assert trainer.train_model is model and trainer.eval_model is model
+    assert "needs a C++ compiler" in (tmp_path / "b" / "train.log").read_text()
+
+
+@pytest.mark.slow
 def test_compile_without_a_cpu_compiler_trains_eagerly_and_says_so(tmp_path, monkeypatch):
     _, model = tiny_run(tmp_path / "first", epochs=1)
     for run in ("a", "b"):
@@ -422,10 +458,10 @@ def test_run_directory_messages_never_send_the_user_back_and_forth(tmp_path, sta
     assert len(accepted) == 1 and accepted[0] == (state != "empty")
 
 
-def test_resume_before_the_first_checkpoint_starts_from_step_0(tmp_path):
+def test_resume_before_the_first_checkpoint_starts_from_step_0(tmp_path, uninterrupted):
     """A run folder with only config.yaml (the run died before its first checkpoint)
     resumes: from step 0, to the same result as an uninterrupted run."""
-    expected, _ = tiny_run(tmp_path / "a")
+    expected, _ = uninterrupted
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "config.yaml").write_text("{}")
     resumed, _ = tiny_run(tmp_path / "b", resume=True)
