@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from rest_support import torch_one_thread  # noqa: F401  (one torch thread: see there)
 from torch import nn
 
 import transformer_utils as tu
@@ -128,17 +129,41 @@ def test_bench_scratch_runs_both_sides_in_tiny_mode(capsys):
     assert trainable(ours) == trainable(theirs)  # the same architecture on both sides
 
 
-def test_every_scratch_preset_loads_and_builds_its_model():
+def scratch_presets():
     import yaml
 
-    from kit.config import DEFAULT_CONFIG_PATH, load_preset
+    from kit.config import DEFAULT_CONFIG_PATH
+
+    return yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())["scratch"]
+
+
+def check_preset_builds_its_model(name):
+    from kit.config import load_preset
     from kit.scratch.datasets import CLASS_NAMES, IMAGE_SHAPE
 
-    names = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())["scratch"]
+    cfg = load_preset("scratch", name, ScratchConfig)
+    channels, side = IMAGE_SHAPE[cfg.dataset]
+    model = build_model(cfg, channels, side, len(CLASS_NAMES[cfg.dataset]))
+    if cfg.model == "diff_vit":
+        assert isinstance(model.vit.blocks[0].attn, tu.DifferentialAttention), name
+    return cfg
+
+
+def test_one_scratch_preset_of_each_model_family_loads_and_builds_its_model():
+    """The first preset of each model (vit, diff_vit, cnn); the slow tier builds every one."""
+    names = scratch_presets()
+    assert {"vit_fmnist_cpu", "diffvit_fmnist_cpu", "cnn_fmnist_cpu", "scratch_smoke"} <= set(names)
+    first = {}
+    for name, overrides in names.items():
+        first.setdefault((overrides or {}).get("model", ScratchConfig().model), name)
+    assert set(first) == {"vit", "diff_vit", "cnn"}
+    for model, name in first.items():
+        assert check_preset_builds_its_model(name).model == model
+
+
+@pytest.mark.slow
+def test_every_scratch_preset_loads_and_builds_its_model():
+    names = scratch_presets()
     assert {"vit_fmnist_cpu", "diffvit_fmnist_cpu", "cnn_fmnist_cpu", "scratch_smoke"} <= set(names)
     for name in names:
-        cfg = load_preset("scratch", name, ScratchConfig)
-        channels, side = IMAGE_SHAPE[cfg.dataset]
-        model = build_model(cfg, channels, side, len(CLASS_NAMES[cfg.dataset]))
-        if cfg.model == "diff_vit":
-            assert isinstance(model.vit.blocks[0].attn, tu.DifferentialAttention), name
+        check_preset_builds_its_model(name)
