@@ -1,24 +1,55 @@
-"""Our ViT against torchvision's, and the prompt (VPT) mechanics."""
+"""Our ViT against torchvision's, and the prompt (VPT) mechanics.
+
+The ViT-B/32 tests run twice: in the fast tier on a ViT-B/32 made small (the same 224 px
+images and 32 px patches; 2 layers, 2 heads, width 16), put in the place of ViT-B/32's
+hyper-parameters in ``ENCODER_SPECS``, so that ``vit_b_32``, ``build_vit("vit_b_32")`` and
+``ViTPrompt(..., "vit_b_32")`` build it; in the slow tier (``-m slow``) on the real ViT-B/32
+(88 M parameters: about a second to initialise each).
+"""
 
 import pytest
 import torch
 import torchvision
+from rest_support import torch_one_thread  # noqa: F401  (one torch thread: see there)
 
 import vision_transformer as vt
 from fine_tune import ViTLinear, ViTPrompt
 
+SMALL_B_32 = dict(
+    image_size=224, patch_size=32, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+)
+
+
+@pytest.fixture(scope="module", params=["small", pytest.param("vit_b_32", marks=pytest.mark.slow)])
+def spec(request):
+    """ViT-B/32's hyper-parameters as the kit builds it in this test: the real ones (slow
+    tier) or ``SMALL_B_32`` in their place."""
+    if request.param == "vit_b_32":
+        yield dict(vt.ENCODER_SPECS["vit_b_32"], name="vit_b_32")
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(vt.ENCODER_SPECS, "vit_b_32", SMALL_B_32)
+        yield dict(SMALL_B_32, name="small")
+
+
+def torchvision_vit(spec):
+    """torchvision's model of the same architecture (for ViT-B/32 its own vit_b_32)."""
+    if spec["name"] == "vit_b_32":
+        return torchvision.models.vit_b_32()
+    return torchvision.models.VisionTransformer(**{k: v for k, v in spec.items() if k != "name"})
+
 
 @pytest.fixture(scope="module")
-def tv_vit_b_32():
+def tv_vit_b_32(spec):
     torch.manual_seed(0)
-    model = torchvision.models.vit_b_32().eval()
+    model = torchvision_vit(spec).eval()
     with torch.no_grad():  # torchvision zero-inits the head: make every weight matter
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return model
 
 
-def test_torchvision_state_dict_loads_strictly_and_outputs_match(tv_vit_b_32):
+def test_torchvision_state_dict_loads_strictly_and_outputs_match(spec, tv_vit_b_32):
     ours = vt.build_vit("vit_b_32").eval()
     ours.load_state_dict(tv_vit_b_32.state_dict(), strict=True)
     assert set(ours.state_dict()) == set(tv_vit_b_32.state_dict())
@@ -29,13 +60,14 @@ def test_torchvision_state_dict_loads_strictly_and_outputs_match(tv_vit_b_32):
         explicit, maps = ours(x, return_attention=True)
     torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(explicit, expected, rtol=1e-4, atol=1e-5)
-    assert len(maps) == 12 and maps[0].shape == (2, 12, 50, 50)
-    torch.testing.assert_close(maps[3].sum(-1), torch.ones(2, 12, 50))
+    layers, heads = spec["num_layers"], spec["num_heads"]
+    assert len(maps) == layers and maps[0].shape == (2, heads, 50, 50)
+    torch.testing.assert_close(maps[min(3, layers - 1)].sum(-1), torch.ones(2, heads, 50))
 
 
-def test_our_state_dict_loads_into_torchvision(tv_vit_b_32):
+def test_our_state_dict_loads_into_torchvision(spec, tv_vit_b_32):
     ours = vt.build_vit("vit_b_32")
-    torchvision.models.vit_b_32().load_state_dict(ours.state_dict(), strict=True)
+    torchvision_vit(spec).load_state_dict(ours.state_dict(), strict=True)
 
 
 def test_weights_from_path_and_from_torchvision_cache(tmp_path, monkeypatch, tv_vit_b_32):
@@ -52,7 +84,7 @@ def test_weights_from_path_and_from_torchvision_cache(tmp_path, monkeypatch, tv_
     assert model.weights_source.kind == "cache"
 
 
-def test_no_weights_offline_warns_once_and_carries_on(tmp_path, monkeypatch):
+def test_no_weights_offline_warns_once_and_carries_on(tmp_path, monkeypatch, spec):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     lines = []
     model = vt.vit_b_32(weights="IMAGENET1K_V1", allow_download=False, log=lines.append)
@@ -61,17 +93,18 @@ def test_no_weights_offline_warns_once_and_carries_on(tmp_path, monkeypatch):
     assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
 
-def test_other_image_size_interpolates_positions():
+def test_other_image_size_interpolates_positions(spec):
     model = vt.vit_b_32(weights=None, image_size=64)
-    assert model.encoder.pos_embedding.shape == (1, 5, 768)
+    assert model.encoder.pos_embedding.shape == (1, 5, spec["hidden_dim"])
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
 
 
-def test_vpt_deep_trainable_count_and_no_backbone_gradient():
+def test_vpt_deep_trainable_count_and_no_backbone_gradient(spec):
     model = ViTPrompt(102, "vit_b_32", num_prompts=10, deep=True, weights=None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == 12 * 10 * 768 + 768 * 102 + 102
-    v = (6 / (768 + 768)) ** 0.5
+    layers, d = spec["num_layers"], spec["hidden_dim"]  # ViT-B/32: 12 and 768
+    assert trainable == layers * 10 * d + d * 102 + 102
+    v = (6 / (d + d)) ** 0.5
     assert model.prompts.abs().max() <= v and model.prompts.abs().max() > 0.9 * v
     model.train()
     assert not model.backbone.training  # frozen backbone stays in eval mode
