@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from rest_support import torch_one_thread  # noqa: F401  (one torch thread: see there)
 
 import model as pixmo_model
 from model import (
@@ -149,14 +150,15 @@ def test_weights_from_a_local_file(tmp_path):
     assert torch.equal(trunk.conv1.weight, reference.conv1.weight) and len(lines) == 1
     assert trunk.pretrained
 
+    spare = ResNet34Trunk()  # one for the three refusals (each ResNet-34 costs ~0.3 s)
     with pytest.raises(WeightsError, match="not found"):
-        load_resnet34_weights(ResNet34Trunk(), tmp_path / "missing.pth")
+        load_resnet34_weights(spare, tmp_path / "missing.pth")
     (tmp_path / "bad.pth").write_bytes(b"junk")
     with pytest.raises(WeightsError, match="not a readable"):
-        load_resnet34_weights(ResNet34Trunk(), tmp_path / "bad.pth")
+        load_resnet34_weights(spare, tmp_path / "bad.pth")
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(WeightsError, match="not a ResNet-34"):
-        load_resnet34_weights(ResNet34Trunk(), tmp_path / "wrong.pth")
+        load_resnet34_weights(spare, tmp_path / "wrong.pth")
 
 
 def test_offline_without_weights_warns_once(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from rest_support import torch_one_thread  # noqa: F401  (one torch thread: see there)
 
 from custom_dataset import PixmoDataError, PixmoPointsDataset, augment_pixmo_batch, pad_and_resize
 from kit.pixmo.recipe import PixmoBatchSource
