@@ -4,6 +4,8 @@ results.json, declarations, the Gradescope zip, bulk grading and failing closed.
 import json
 import os
 import re
+import shutil
+import tempfile
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -303,13 +305,39 @@ def test_grade_all_writes_results_and_csv(tmp_path, labels):
 # ---------------------------------------------------------------- failing closed
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_without_namespaces_an_unprotected_layout_is_refused(tmp_path, labels):
-    """Here the repository is world-readable: the privilege-drop-only mode must refuse."""
-    sub = tmp_path / "sub"
-    sub.mkdir()
-    (sub / "transformer_utils.py").write_text((ROOT / "transformer_utils.py").read_text())
-    res = grade(sub, tmp_path / "results.json", labels, GradeOptions(namespaces=False, quiet=True))
+    """A kit (with the solution) that the sandbox user can read: the privilege-drop-only mode
+    must refuse. The test lays that kit out itself, world-readable in a fresh folder of /tmp,
+    so the outcome does not depend on where this checkout lives (a 0700 home protects it)."""
+    open_dir = Path(tempfile.mkdtemp(prefix="ag-open-", dir="/tmp"))
+    try:
+        kit = open_dir / "kit"
+        kit.mkdir()
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in (
+            "autograder",
+            "instructor",
+            "kit",
+            "test_functions.py",
+            "transformer_utils.py",
+        ):
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, kit / name, ignore=ignore)
+            else:
+                shutil.copy2(ROOT / name, kit / name)
+        for folder, _, files in os.walk(open_dir):
+            os.chmod(folder, 0o755)
+            for f in files:
+                os.chmod(os.path.join(folder, f), 0o644)
+        sub = tmp_path / "sub"
+        sub.mkdir()
+        (sub / "transformer_utils.py").write_text((ROOT / "transformer_utils.py").read_text())
+        opts = GradeOptions(namespaces=False, quiet=True, kit_root=str(kit))
+        res = grade(sub, tmp_path / "results.json", labels, opts)
+    finally:
+        shutil.rmtree(open_dir)
     ex = [t for t in res["tests"] if "SelfAttention" in t["name"]][0]
     assert ex["score"] == 0 and "refusing to run student code" in ex["output"]
+    assert str(kit / "transformer_utils.py") in ex["output"] or str(kit) in ex["output"]
 
 
 def test_slurm_array_script_splits_the_folders_and_merges(tmp_path, labels):
