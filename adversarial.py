@@ -13,11 +13,14 @@ that keeps much of its accuracy under the same attack.
 
       python adversarial.py --run runs/cnn_fmnist_cpu --eps 0.1 --alpha 0.01 --steps 20
       python adversarial.py --run runs/cnn_fmnist_cpu --sweep 0,0.02,0.05,0.1,0.2 --limit 2000
+      python adversarial.py --run runs/cnn_fmnist_cpu --target least_likely   # CS771's target
 
   It prints clean and robust accuracy on the run's test set and writes, into the run
   folder, ``adversarial.json`` (settings and accuracies), ``adversarial_examples.png``
   (clean image, perturbation magnified, adversarial image, both predictions) and, with
-  ``--sweep``, ``adversarial_sweep.png`` (accuracy against eps).
+  ``--sweep``, ``adversarial_sweep.png`` (accuracy against eps). The clean and attacked
+  images of every batch also go to TensorBoard (``tensorboard --logdir RUN/tensorboard``:
+  tabs ``Org_Image`` and ``Adv_Image``, one step per batch).
 
 Every model here takes FLOAT images in [0, 1] of shape (B, C, H, W) and normalises them
 itself, so that ``eps`` is measured in pixel units (eps 0.1 = about 25 grey levels of 255).
@@ -98,6 +101,13 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=0.01, help="step size")
     parser.add_argument("--steps", type=int, default=20, help="PGD steps (1 and alpha=eps: FGSM)")
     parser.add_argument("--targeted", action="store_true", help="aim at class (label + 1) %% K")
+    parser.add_argument(
+        "--target",
+        choices=["next", "least_likely"],
+        default=None,
+        help="a targeted attack's class: next = (label + 1) %% K; least_likely = the class the "
+        "model is least confident in on the clean image (CS771)",
+    )
     parser.add_argument("--sweep", default=None, help="eps values for a curve, e.g. 0,0.05,0.1")
     parser.add_argument("--limit", type=int, default=None, help="attack only the first N images")
     parser.add_argument("--batch_size", type=int, default=256)
@@ -112,7 +122,8 @@ def main(argv=None):
             eps=args.eps,
             alpha=args.alpha,
             steps=args.steps,
-            targeted=args.targeted,
+            targeted=args.targeted or args.target is not None,
+            target=args.target or "next",
             sweep=parse_sweep(args.sweep),
             limit=args.limit,
             batch_size=args.batch_size,

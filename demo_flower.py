@@ -55,7 +55,7 @@ def train(cfg: FlowerConfig) -> None:
         notes = []  # messages from model building, logged once train.log exists
         model = build_model(cfg, notes.append).to(ctx.device)  # before anything is written
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # but different dropout on each process
-        log = cli.start_run(out, resolved, ctx, banner() if synthetic else None)
+        log = cli.start_run(out, cfg, resolved, ctx, banner() if synthetic else None)
         for note in notes:
             log.warning(note)
         channels_last = cfg.channels_last and ctx.device.type == "cuda"

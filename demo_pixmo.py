@@ -66,7 +66,7 @@ def train(cfg: PixmoConfig) -> None:
         model_messages = []
         model, pretrained = build_model(cfg, model_messages.append)
         resolved = cli.run_settings(cfg, synthetic)
-        log = cli.start_run(out, resolved, ctx, banner() if synthetic else None)
+        log = cli.start_run(out, cfg, resolved, ctx, banner() if synthetic else None)
         sizes = ", ".join(f"{len(d)} {s}" for s, d in splits.items())
         log.info(
             f"data {data_dir}: {sizes}; padded to squares of {cfg.image_size} px once "

@@ -62,7 +62,7 @@ def train(cfg: ScratchConfig) -> None:
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # but different dropout per process
         resolved = cli.run_settings(cfg, synthetic)
         banner = synthetic_cifar.BANNER if synthetic else None
-        log = cli.start_run(out, resolved, ctx, banner)
+        log = cli.start_run(out, cfg, resolved, ctx, banner)
         sizes = ", ".join(f"{len(y)} {s}" for s, (_, y) in splits.items())
         log.info(f"data {data_dir} ({cfg.dataset}): {sizes}; read in {time.time() - t0:.1f}s")
         model = model.to(ctx.device)

@@ -751,6 +751,7 @@ def attention_rollout(attentions):
 # ---------------------------------------------------------------------------
 
 POS_EMBEDDINGS = ("none", "learned1d", "learned2d", "sinusoidal")
+POOLS = ("cls", "mean")
 
 
 class VisionTransformer(nn.Module):
@@ -758,8 +759,9 @@ class VisionTransformer(nn.Module):
 
     Patch embedding -> positional encoding of the patch tokens -> prepend a
     learned CLS token -> pre-LN encoder layers -> final LayerNorm -> linear head
-    on the CLS token. The CLS token gets no positional encoding (it is learned
-    anyway and has no place in the image grid).
+    on the CLS token (``pool="cls"``) or on the mean of the patch tokens
+    (``pool="mean"``, as XCS231N's ViT does). The CLS token gets no positional
+    encoding (it is learned anyway and has no place in the image grid).
     """
 
     def __init__(
@@ -774,12 +776,16 @@ class VisionTransformer(nn.Module):
         mlp_ratio=2.0,
         dropout=0.0,
         pos_embedding="learned1d",
+        pool="cls",
     ):
         super().__init__()
         if pos_embedding not in POS_EMBEDDINGS:
             raise ValueError(
                 f"pos_embedding={pos_embedding!r} is unknown; use one of {POS_EMBEDDINGS}"
             )
+        if pool not in POOLS:
+            raise ValueError(f"pool={pool!r} is unknown; use one of {POOLS}")
+        self.pool = pool
         self.patch_embed = PatchEmbedding(img_size, patch_size, in_channels, embed_dim)
         grid = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -815,7 +821,8 @@ class VisionTransformer(nn.Module):
 
         Hint: tokens (B, N, E) from self.patch_embed; add self.pos_embed (if not
         None); prepend self.cls_token expanded to (B, 1, E); dropout; run the
-        blocks with return_attention=True; self.norm; self.head on token 0.
+        blocks with return_attention=True; self.norm; self.head on token 0, or,
+        with self.pool == "mean", on the mean of the N patch tokens (not the CLS).
         """
         # BEGIN SOLUTION vision_transformer
         tokens = self.patch_embed(x)  # (B, N, E)
@@ -827,7 +834,9 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             tokens, attn = block(tokens, return_attention=True)  # attn (B, H, T, T)
             attentions.append(attn)
-        logits = self.head(self.norm(tokens)[:, 0])  # (B, num_classes)
+        tokens = self.norm(tokens)  # (B, T, E)
+        pooled = tokens[:, 1:].mean(dim=1) if self.pool == "mean" else tokens[:, 0]  # (B, E)
+        logits = self.head(pooled)  # (B, num_classes)
         if return_attention:
             return logits, attentions
         return logits

@@ -195,6 +195,25 @@ class AttackResult:
         return self.target_hits / max(self.count, 1)
 
 
+# The classes a targeted attack aims at: the next one, or the one the model finds least
+# likely on the clean image (CS771 HW2's choice).
+TARGETS = {
+    "next": "(label + 1) % num_classes",
+    "least_likely": "the class with the lowest clean logit",
+}
+
+
+def attack_targets(target: str, clean_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) classes to aim at: ``next`` -> (label + 1) % K; ``least_likely`` -> argmin of the
+    clean logits (B, K) (never the label itself: with K >= 2 the argmin is another class
+    unless every logit ties)."""
+    if target == "next":
+        return (labels + 1) % clean_logits.shape[1]
+    if target == "least_likely":
+        return clean_logits.argmin(dim=1)
+    raise ValueError(f"target {target!r} is unknown; use one of {', '.join(TARGETS)}")
+
+
 def attack_source(
     model,
     source,
@@ -205,30 +224,33 @@ def attack_source(
     *,
     random_start=True,
     targeted=False,
+    target="next",
     precision="auto",
     keep=0,
     progress=None,
     limit=None,
+    on_batch=None,
 ) -> AttackResult:
     """Attack every labelled image of ``source`` (yielding ``(images in [0, 1], labels)``)
     with ``attack`` (``adversarial.pgd_attack``'s signature).
 
-    Targeted attacks aim at the next class, ``(label + 1) % K``. ``keep`` first images are
-    returned for pictures (CPU tensors); ``progress`` is an optional tqdm bar to advance;
-    ``limit`` stops after the batch that reaches that many images (on this process).
+    Targeted attacks aim at ``target`` (see ``TARGETS``). ``keep`` first images are returned
+    for pictures (CPU tensors); ``progress`` is an optional tqdm bar to advance; ``limit``
+    stops after the batch that reaches that many images (on this process);
+    ``on_batch(index, clean, adv)`` sees every batch's images (e.g. to log them).
     """
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)
     kept = {k: [] for k in ("clean", "adv", "labels", "clean_pred", "adv_pred")}
     try:
-        for *inputs, labels in source.batches(0):
+        for batch_index, (*inputs, labels) in enumerate(source.batches(0)):
             images = inputs[0]
             bf16 = use_bf16(precision, images.device)
             known = labels >= 0
             with torch.no_grad(), torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
                 clean_logits = model(images).float()
-            aim = (labels + 1) % clean_logits.shape[1] if targeted else labels
+            aim = attack_targets(target, clean_logits, labels) if targeted else labels
             aim = torch.where(known, aim, labels)
             adv = _attack_batch(
                 attack, model, images, aim, eps, alpha, steps, random_start, targeted, precision
@@ -255,6 +277,8 @@ def attack_source(
                     kept[k].append(
                         v[take].detach().float().cpu() if k in ("clean", "adv") else v[take].cpu()
                     )
+            if on_batch is not None:
+                on_batch(batch_index, images, adv)
             if progress is not None:
                 progress.update(len(labels))
             if limit is not None and totals[0] >= limit:
@@ -524,9 +548,14 @@ def run_attack(
     random_start=True,
     examples=8,
     out=None,
+    target="next",
+    tensorboard_images=16,
 ):
     """What ``python adversarial.py --run RUN`` does with the student's ``attack``; returns
-    the dict written to ``adversarial.json``."""
+    the dict written to ``adversarial.json``. ``targeted`` attacks aim at ``target`` (see
+    ``TARGETS``). The first ``tensorboard_images`` clean and attacked images of every batch
+    go to TensorBoard (``RUN/tensorboard/adversarial``, tags ``Org_Image`` and ``Adv_Image``,
+    one step per batch; 0 writes none)."""
     out = out or sys.stdout
     from tqdm import tqdm
 
@@ -544,27 +573,45 @@ def run_attack(
             "its accuracies say nothing about the real one",
             file=out,
         )
+    if targeted and target not in TARGETS:
+        raise UserError(f"--target {target} is unknown; use one of {', '.join(TARGETS)}")
     source = TensorBatches(images, labels, batch_size, dev)
-    kind = "targeted (next class)" if targeted else "untargeted"
+    kind = f"targeted ({target.replace('_', '-')} class)" if targeted else "untargeted"
     print(
         f"PGD-{steps} {kind}, eps {eps}, alpha {alpha} on {len(labels)} test images "
         f"of {run_dir} ({dev})",
         file=out,
     )
     start = time.perf_counter()
-    with tqdm(total=len(labels), desc=f"eps {eps}", unit="img", dynamic_ncols=True) as bar:
-        main = attack_source(
-            model,
-            source,
-            attack,
-            eps,
-            alpha,
-            steps,
-            random_start=random_start,
-            targeted=targeted,
-            keep=examples,
-            progress=bar,
-        )
+    writer = None
+    if tensorboard_images:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(run_dir / "tensorboard" / "adversarial")
+
+    def log_images(index, clean, adv):  # CS771's students page through the batches here
+        writer.add_images("Org_Image", clean[:tensorboard_images].float(), index)
+        writer.add_images("Adv_Image", adv[:tensorboard_images].float(), index)
+
+    try:
+        with tqdm(total=len(labels), desc=f"eps {eps}", unit="img", dynamic_ncols=True) as bar:
+            main = attack_source(
+                model,
+                source,
+                attack,
+                eps,
+                alpha,
+                steps,
+                random_start=random_start,
+                targeted=targeted,
+                target=target,
+                keep=examples,
+                progress=bar,
+                on_batch=log_images if writer is not None else None,
+            )
+    finally:
+        if writer is not None:
+            writer.close()
     result = {
         "run": str(run_dir),
         "attack": "pgd_linf",
@@ -573,7 +620,7 @@ def run_attack(
         "steps": steps,
         "random_start": random_start,
         "targeted": targeted,
-        "target": "(label + 1) % num_classes" if targeted else None,
+        "target": TARGETS[target] if targeted else None,
         "split": "test",
         "num_images": main.count,
         "synthetic": bool(synthetic),
@@ -606,6 +653,7 @@ def run_attack(
                         steps,
                         random_start=random_start,
                         targeted=targeted,
+                        target=target,
                         progress=bar,
                     )
                 acc = r.robust_acc

@@ -164,15 +164,16 @@ def run_settings(cfg: Any, synthetic: bool) -> dict:
     return dict(to_dict(cfg), exp_name=FLAGS.exp_name, synthetic_data=synthetic)
 
 
-def start_run(out: Path, resolved: dict, ctx: DistContext, synthetic_banner: str | None):
+def start_run(out: Path, cfg: Any, resolved: dict, ctx: DistContext, synthetic_banner: str | None):
     """Create (or, with --resume, reopen) the run directory and return its logger.
 
     Call it after every input has been checked and the model built, so that bad input
-    leaves nothing behind. Saves the resolved settings as config.yaml on a new run; on
-    --resume they must equal the saved ones.
+    leaves nothing behind. Saves the resolved settings (``run_settings(cfg, ...)``) as
+    config.yaml on a new run; on --resume they must equal the saved ones (a setting the kit
+    gained since: its default).
     """
     if FLAGS.resume:
-        check_resume_config(out, resolved)
+        check_resume_config(out, resolved, to_dict(type(cfg)()))
     if ctx.is_main:
         prepare_run_dir(out, FLAGS.resume)
         if not FLAGS.resume:

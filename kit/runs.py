@@ -187,14 +187,24 @@ def write_config(run_dir: Path, config: dict) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=True))
 
 
-def check_resume_config(run_dir: Path, config: dict) -> None:
-    """On --resume, the resolved config must equal the saved one (else a one-line error)."""
+def check_resume_config(run_dir: Path, config: dict, defaults: dict | None = None) -> None:
+    """On --resume, the resolved config must equal the saved one (else a one-line error).
+
+    A setting the saved config.yaml lacks was added to the kit after the run started; it
+    matches when it has its default (``defaults``), which keeps what the kit did before."""
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
     now = yaml.safe_load(yaml.safe_dump(config))  # same normalisation as the saved file
-    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    defaults = yaml.safe_load(yaml.safe_dump(defaults or {}))
+    missing = object()
+
+    def was(key):
+        value = saved.get(key, missing)
+        return defaults.get(key, missing) if value is missing else value
+
+    differ = sorted(k for k in set(saved) | set(now) if was(k) != now.get(k, missing))
     if differ:
         raise UserError(
             f"--resume: the settings differ from {saved_path} in {', '.join(differ)}; "

@@ -566,6 +566,38 @@ def test_cli_writes_json_and_pictures(tmp_path, monkeypatch, capsys):
     assert again["num_images"] == 8 and "target_success_rate" in again
 
 
+def test_least_likely_targets_and_the_images_in_tensorboard(tmp_path, monkeypatch, capsys):
+    """CS771's attack: aim at the class the model is least confident in; every batch's clean
+    and attacked images go to TensorBoard as Org_Image / Adv_Image, one step per batch."""
+    logits = torch.tensor([[0.0, 3.0, -2.0, 1.0], [5.0, -1.0, 0.5, -0.5]])
+    labels = torch.tensor([1, 0])
+    assert attack.attack_targets("least_likely", logits, labels).tolist() == [2, 1]
+    assert attack.attack_targets("next", logits, labels).tolist() == [2, 1]
+    assert attack.attack_targets("least_likely", logits, torch.tensor([3, 3])).tolist() == [2, 1]
+    with pytest.raises(ValueError, match="least_likely"):
+        attack.attack_targets("most_likely", logits, labels)
+
+    fake_question4(monkeypatch, n=40)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    result = attack.run_attack(
+        run, pgd_attack, eps=0.3, alpha=0.1, steps=5, targeted=True, target="least_likely",
+        batch_size=16, device="cpu", examples=0, tensorboard_images=4,
+    )  # fmt: skip
+    assert result["target"] == attack.TARGETS["least_likely"] and result["targeted"] is True
+    assert "targeted (least-likely class)" in capsys.readouterr().out
+    assert 0 < result["target_success_rate"] <= 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard" / "adversarial"), size_guidance={"images": 0})
+    events.Reload()
+    for tag in ("Org_Image", "Adv_Image"):
+        assert [e.step for e in events.Images(tag)] == [0, 1, 2], tag  # 40 images, batches of 16
+    with pytest.raises(UserError, match="--target sideways is unknown"):
+        attack.run_attack(run, pgd_attack, targeted=True, target="sideways", device="cpu")
+
+
 def run_cli(*args):
     return subprocess.run(
         [sys.executable, str(ROOT / "adversarial.py"), *args],

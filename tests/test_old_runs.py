@@ -12,6 +12,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from demo_in_process import call_demo
 
@@ -73,3 +74,22 @@ def test_a_run_stopped_before_the_move_resumes_exactly(tmp_path, monkeypatch, ca
     # what today's Trainer writes is plain data too
     for name in ("checkpoint.pt", "best.pt"):
         load_plain(tmp_path / "fresh" / name)
+
+
+def test_a_setting_the_kit_gained_since_resumes_at_its_default(tmp_path):
+    """The old config.yaml lacks ``pool`` (added later): resuming with the default works, a
+    preset that changes it is refused in one line naming it."""
+    import yaml
+
+    from kit.errors import UserError
+    from kit.runs import check_resume_config
+
+    saved = yaml.safe_load((OLD_RUN / "config.yaml").read_text())
+    assert "pool" not in saved
+    shutil.copy(OLD_RUN / "config.yaml", tmp_path / "config.yaml")
+    defaults = {"pool": "cls", "epochs": 50}
+    check_resume_config(tmp_path, dict(saved, pool="cls"), defaults)
+    with pytest.raises(UserError, match=r"differ from .* in pool;"):
+        check_resume_config(tmp_path, dict(saved, pool="mean"), defaults)
+    with pytest.raises(UserError, match=r"in epochs;"):  # saved keys still count
+        check_resume_config(tmp_path, dict(saved, epochs=3, pool="cls"), defaults)

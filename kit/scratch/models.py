@@ -64,6 +64,7 @@ class ScratchViT(nn.Module):
         patch_size: p; image_size must be divisible by it (grid = image_size / p).
         embed_dim, depth, num_heads, mlp_ratio, dropout: the encoder.
         pos_embedding: none, learned1d, learned2d or sinusoidal.
+        pool: the head reads the CLS token ("cls") or the mean of the patch tokens ("mean").
         differential: DifferentialAttention instead of MultiHeadAttention in every layer.
         mean, std: per-channel normalisation applied inside ``forward``.
     """
@@ -81,6 +82,7 @@ class ScratchViT(nn.Module):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         pos_embedding: str = "learned1d",
+        pool: str = "cls",
         differential: bool = False,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
@@ -98,6 +100,7 @@ class ScratchViT(nn.Module):
             mlp_ratio=mlp_ratio,
             dropout=dropout,
             pos_embedding=pos_embedding,
+            pool=pool,
         )
         if differential:
             for i, block in enumerate(self.vit.blocks):

@@ -66,6 +66,7 @@ class ScratchConfig(TrainConfig):
     mlp_ratio: float = 2.0
     dropout: float = 0.1
     pos_embedding: Literal["none", "learned1d", "learned2d", "sinusoidal"] = "learned1d"
+    pool: Literal["cls", "mean"] = "cls"  # ViT head: the CLS token, or the patch tokens' mean
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # one per stage
     cnn_convs_per_stage: int = 2
     cnn_hidden: int = 256
@@ -228,6 +229,7 @@ def build_model(
         mlp_ratio=cfg.mlp_ratio,
         dropout=cfg.dropout,
         pos_embedding=cfg.pos_embedding,
+        pool=cfg.pool,
         differential=cfg.model == "diff_vit",
         mean=mean,
         std=std,

@@ -72,7 +72,12 @@ def _vit_variant(vit, x, kind):
         attentions.append(attn)
     if kind != "no_norm":
         tokens = vit.norm(tokens)
-    feature = {"cls_last": tokens[:, -1], "mean_pool": tokens.mean(1)}.get(kind, tokens[:, 0])
+    right = tokens[:, 1:].mean(1) if vit.pool == "mean" else tokens[:, 0]
+    feature = {
+        "cls_last": tokens[:, -1],
+        "mean_pool": tokens.mean(1),  # every token, the CLS too
+        "cls_pool": tokens[:, 0],
+    }.get(kind, right)
     return {"logits": vit.head(feature), "attention": torch.stack(attentions)}
 
 
@@ -83,7 +88,8 @@ def make_vision_transformer(seed, hidden):
         else ["learned1d", "learned2d", "sinusoidal", "none"]
     )
     cases, mistakes = [], []
-    for i, pos in enumerate(kinds):
+    # The last case pools the patch tokens (pool="mean", XCS231N's ViT) instead of the CLS.
+    for i, (pos, pool) in enumerate([(k, "cls") for k in kinds] + [("learned1d", "mean")]):
         config = {
             "img_size": 32,
             "patch_size": 8,
@@ -96,6 +102,8 @@ def make_vision_transformer(seed, hidden):
             "dropout": 0.0,
             "pos_embedding": pos,
         }
+        if pool != "cls":
+            config["pool"] = pool
         gen = _gen(seed + i)
         torch.manual_seed(seed + i)
         vit = tu.VisionTransformer(**config).eval()
@@ -107,15 +115,22 @@ def make_vision_transformer(seed, hidden):
             pos_table = (
                 vit.pos_embed(torch.zeros(1, n, 16))[0] if vit.pos_embed is not None else None
             )
-            wrong = {
-                "the CLS token is appended at the end: prepend it (token 0)": _vit_variant(
+            wrong = {"the final LayerNorm self.norm is skipped": _vit_variant(vit, x, "no_norm")}
+            if pool == "cls":
+                wrong["the CLS token is appended at the end: prepend it (token 0)"] = _vit_variant(
                     vit, x, "cls_last"
-                ),
-                "the final LayerNorm self.norm is skipped": _vit_variant(vit, x, "no_norm"),
-                "the head reads the mean of all tokens: classify from the CLS token (token 0)": _vit_variant(
-                    vit, x, "mean_pool"
-                ),
-            }
+                )
+                wrong[
+                    "the head reads the mean of all tokens: classify from the CLS token (token 0)"
+                ] = _vit_variant(vit, x, "mean_pool")
+            else:
+                wrong[
+                    "with pool='mean' the mean includes the CLS token: average the patch tokens "
+                    "only (tokens 1:)"
+                ] = _vit_variant(vit, x, "mean_pool")
+                wrong["pool='mean' is ignored: the head reads the CLS token"] = _vit_variant(
+                    vit, x, "cls_pool"
+                )
             if pos != "none":
                 wrong["the positional encoding self.pos_embed is not added"] = _vit_variant(
                     vit, x, "no_pos"
