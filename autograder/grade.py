@@ -342,9 +342,8 @@ def grade(submission, results_path, labels_dir, options=None):
     )
     results = {"tests": [], "output": ""}
     try:
-        results = _grade(
-            Path(submission).absolute(), results_path, Path(labels_dir).absolute(), opts
-        )
+        labels = Path(labels_dir).absolute() if labels_dir is not None else None
+        results = _grade(Path(submission).absolute(), results_path, labels, opts)
     except KeyboardInterrupt:
         results["output"] = "Grading was interrupted."
         raise
@@ -392,7 +391,10 @@ def _grade(submission, results_path, labels_dir, opts):
         assignment, kit_root, reference_dir, labels_dir, submission, results_path, opts
     )
     # the instructor's files: check them before running anything
-    labels = read_labels(labels_dir, assignment.predictions)
+    if labels_dir is None and assignment.predictions:
+        names = ", ".join(p.file for p in assignment.predictions)
+        raise ValueError(f"this assignment grades {names}: pass --labels with their true labels")
+    labels = read_labels(labels_dir, assignment.predictions) if assignment.predictions else {}
     caps = sandbox.require_sandbox(opts.namespaces, opts.userns, opts.insecure)
     # Start the sandbox first: its torch import is the slow part, so the checks below overlap.
     state = _start_exercises(assignment, decls, sub_root, opts, protected, unwritable)
@@ -433,13 +435,15 @@ def _protected_paths(assignment, kit_root, reference_dir, labels_dir, submission
         reference_dir,
         data.PREPARED_DIR,
         data.cache_dir(),
-        labels_dir,
-        *(labels_dir / p.file for p in assignment.predictions),
+        *([labels_dir] if labels_dir is not None else []),
+        *(labels_dir / p.file for p in assignment.predictions if labels_dir is not None),
         submission,
         *(Path(p).absolute() for p in opts.shared),
     ]
     untouched = [results, kit_root, kit_root / "test_functions.py", kit_root / "kit",
-                 kit_root / "instructor", data.PACKAGE_DIR, labels_dir, submission]  # fmt: skip
+                 kit_root / "instructor", data.PACKAGE_DIR, submission]  # fmt: skip
+    if labels_dir is not None:
+        untouched.append(labels_dir)
     return [str(p) for p in secret], [str(p) for p in untouched]
 
 

@@ -1,6 +1,6 @@
 """A finished (or stopped) run folder, read back: its settings, its model, its test images.
 
-The one way the kit opens a run after training, shared by report.py, adversarial.py and the
+The one way the kit opens a run after training, shared by report.py, the attack command and the
 demos' tools:
 
 - ``read_run(path)`` -> ``Run``: the folder's config.yaml, which demo wrote it (``kind``),
@@ -29,11 +29,11 @@ from kit.runs import CONFIG_FILE, LOG_FILE
 
 SUMMARY_FILE = "summary.json"  # Question 4's end-of-run summary
 KIND_NAMES = {
-    "flower": "a flower run (Question 2, demo_flower.py)",
-    "pixmo": "a PixMo run (Question 3, demo_pixmo.py)",
-    "scratch": "a Question 4 run (demo_scratch.py)",
+    "flower": "a flower run (Question 2)",
+    "pixmo": "a PixMo run (Question 3)",
+    "scratch": "a Question 4 run (training from scratch)",
 }
-NOT_IN_KIT = {"scratch": "Question 4 (demo_scratch.py) is not in this kit"}
+NOT_IN_KIT = {"scratch": "Question 4 (training from scratch) is not in this kit"}
 
 
 @dataclass
@@ -92,8 +92,7 @@ def read_run(path: str | Path) -> Run:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise UserError(
-            f"{path} is not a run folder (no {CONFIG_FILE}); give the --output_dir of a "
-            "demo_flower.py, demo_pixmo.py or demo_scratch.py run"
+            f"{path} is not a run folder (no {CONFIG_FILE}); give the --output_dir of a demo's run"
         )
     try:
         config = yaml.safe_load(config_path.read_text())
@@ -103,9 +102,7 @@ def read_run(path: str | Path) -> Run:
         raise UserError(f"{config_path} is not a YAML mapping of settings; was it edited by hand?")
     kind = run_kind(config)
     if kind is None:
-        raise UserError(
-            f"{config_path} was not written by demo_flower.py, demo_pixmo.py or demo_scratch.py"
-        )
+        raise UserError(f"{config_path} was not written by one of the kit's demos")
     return Run(path, path.resolve().name, config, kind)
 
 
