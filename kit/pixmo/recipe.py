@@ -34,7 +34,16 @@ from kit.trainer import TrainConfig
 from model import WeightsError, build_pixmo_model, load_resnet34_weights
 
 DEFAULT_DATA_DIR = "pixmo_data"
-SYNTHETIC_DATA_DIR = "synthetic-data/pixmo_data"
+SYNTHETIC_DATA_DIR = "synthetic-data/pixmo_data"  # at the real sizes; other sizes: -<sizes>
+REAL_SYNTHETIC = ([2500, 500, 500], 300, 700)  # sizes, min side, max side: the real set's
+
+
+def synthetic_data_dir(sizes, min_side: int, max_side: int) -> str:
+    """Where a synthetic PixMo of these sizes is generated: one folder per size, so that the
+    smoke preset and the full-size presets never regenerate each other's data."""
+    if (list(sizes), min_side, max_side) == REAL_SYNTHETIC:
+        return SYNTHETIC_DATA_DIR
+    return f"{SYNTHETIC_DATA_DIR}-{'-'.join(map(str, sizes))}-{min_side}to{max_side}px"
 
 
 @dataclass
@@ -98,7 +107,7 @@ def pixmo_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
     return cli.choose_data_folder(
         cfg.data_dir,
         DEFAULT_DATA_DIR,
-        SYNTHETIC_DATA_DIR,
+        synthetic_data_dir(sizes, *sides),
         ctx,
         banner(),
         source=cli.data_source("pixmo"),

@@ -19,7 +19,8 @@ def _default_data_dir(default: str, synthetic_dir: str, data_dir: str | None, wh
         if not Path(data_dir).is_dir():
             raise UserError(f"--data_dir {data_dir} is not a folder; give the {what} data folder")
         return Path(data_dir)
-    for folder in (default, synthetic_dir):
+    # the real data, else the synthetic set at the real size, else one of another size
+    for folder in (default, synthetic_dir, *sorted(Path().glob(f"{synthetic_dir}-*"))):
         if Path(folder).is_dir():
             return Path(folder)
     raise UserError(

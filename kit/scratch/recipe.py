@@ -34,7 +34,16 @@ from kit.scratch import datasets, synthetic_cifar
 from kit.scratch.models import ScratchCNN, ScratchViT, unwritten_exercises
 from kit.trainer import TrainConfig, Trainer, load_trainable_state
 
-SYNTHETIC_CIFAR_DIR = "synthetic-data/cifar-10-batches-py"
+SYNTHETIC_CIFAR_DIR = "synthetic-data/cifar-10-batches-py"  # at the real size; smaller: -<N>
+
+
+def synthetic_cifar_dir(per_file: int) -> str:
+    """Where synthetic CIFAR-10 of ``per_file`` images per file is generated: one folder per
+    size, so that presets of different sizes never regenerate each other's data."""
+    real = per_file == synthetic_cifar.REAL_PER_FILE
+    return SYNTHETIC_CIFAR_DIR if real else f"{SYNTHETIC_CIFAR_DIR}-{per_file}"
+
+
 DEFAULT_DATA_DIRS = {
     "fashion_mnist": datasets.FASHION_MNIST_DIR,
     "mnist": "mnist",
@@ -110,7 +119,7 @@ def scratch_data_dir(
         path, generated = cli.choose_data_folder(
             folder,
             default,
-            SYNTHETIC_CIFAR_DIR,
+            synthetic_cifar_dir(per_file),
             ctx,
             synthetic_cifar.BANNER,
             is_ready=lambda d: synthetic_cifar.read_info(d) == wanted,
