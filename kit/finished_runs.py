@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from kit.errors import UserError
-from kit.runs import CONFIG_FILE, LOG_FILE
+from kit.runs import BEST_FILE, CONFIG_FILE, LOG_FILE
 
 SUMMARY_FILE = "summary.json"  # Question 4's end-of-run summary
 KIND_NAMES = {
@@ -34,6 +34,11 @@ KIND_NAMES = {
     "scratch": "a Question 4 run (training from scratch)",
 }
 NOT_IN_KIT = {"scratch": "Question 4 (training from scratch) is not in this kit"}
+DEMOS = {"flower": "demo_flower.py", "pixmo": "demo_pixmo.py", "scratch": "demo_scratch.py"}
+
+
+class NotTrainedYet(UserError):
+    """The run has no finished epoch (or no best.pt) yet: still training, or stopped."""
 
 
 @dataclass
@@ -69,6 +74,19 @@ class Run:
         if "synthetic_data" in self.config:
             return bool(self.config["synthetic_data"])
         return "SYNTHETIC DATA" in self.log_text
+
+    def not_trained_yet(self, what: str) -> NotTrainedYet:
+        """The error for a run that lacks ``what`` because no epoch has finished: wait if it
+        is still training; if it stopped, the command that continues it."""
+        command = (
+            f"python {DEMOS.get(self.kind, 'the demo')} --exp_name "
+            f"{self.config.get('exp_name', '<preset>')} --output_dir {self.path} --resume"
+        )
+        return NotTrainedYet(
+            f"{self.path} has no {what} yet: no epoch of it has finished. If it is still "
+            f"training, wait for its first epoch; if it stopped, continue it with {command} "
+            "(and the other flags it was started with)"
+        )
 
 
 def run_kind(config: dict) -> str | None:
@@ -148,6 +166,8 @@ def load_trained_model(
     when the data folder is here (None)."""
     if not isinstance(run, Run):
         run = read_run(run)
+    if not (run.path / BEST_FILE).is_file():
+        raise run.not_trained_yet(BEST_FILE)
     if run.kind == "scratch":
         cfg, model = scratch_recipe().load_run_model(run.path)
         return TrainedModel(run, cfg, model.eval(), "every weight from best.pt")
