@@ -23,6 +23,11 @@ def _common(p):
     )
     p.add_argument("--timeout", type=float, help="per-exercise wall-clock limit in seconds")
     p.add_argument(
+        "--full-output",
+        action="store_true",
+        help="show every line of each test's output (the summary shows the first 6)",
+    )
+    p.add_argument(
         "--no-namespaces",
         action="store_true",
         help="do not use Linux namespaces (test the privilege-drop fallback)",
@@ -47,6 +52,7 @@ def _options(args, **extra):
         insecure=args.insecure,
         namespaces=not args.no_namespaces,
         userns=args.userns,
+        full_output=args.full_output,
         **extra,
     )
 

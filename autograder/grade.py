@@ -39,6 +39,7 @@ class GradeOptions:
     reference_dir: str = None
     kit_root: str = None
     quiet: bool = False
+    full_output: bool = False  # the console summary shows every line of each test's output
     shared: tuple = ()  # folders holding other uploads and results (grade-all): kept secret
 
 
@@ -55,6 +56,10 @@ def find_submission_root(submission, marker="transformer_utils.py"):
     if len(subdirs) == 1 and (subdirs[0] / marker).exists():
         return subdirs[0]
     return submission
+
+
+REQUIRED_FILE_TAG = "required file"
+SUMMARY_LINES = 6  # lines of each test's output the console summary shows (--full-output: all)
 
 
 def _test(name, number, score, max_score, output, visibility="visible", passed=None):
@@ -358,21 +363,25 @@ def grade(submission, results_path, labels_dir, options=None):
         write_results(results_path, results)
     results = normalise(results)
     if not opts.quiet:
-        print(summary(results))
+        print(summary(results, None if opts.full_output else SUMMARY_LINES))
     return results
 
 
-def summary(results):
-    lines = []
+def summary(results, lines_per_test=SUMMARY_LINES):
+    """The console summary: the grader's header (what it is, the protections), each test's
+    score and the first ``lines_per_test`` lines of its output (None: all), then the total."""
+    lines = [results["output"]] if results.get("output") else []
     total = sum(t["score"] for t in results["tests"])
     max_total = sum(t["max_score"] for t in results["tests"])
     for t in results["tests"]:
         lines.append(f"[{t['score']:g}/{t['max_score']:g}] {t['name']}")
-        for line in str(t["output"]).splitlines()[:6]:
+        output = str(t["output"]).splitlines()
+        for line in output[:lines_per_test]:
             lines.append(f"      {line}")
+        if lines_per_test is not None and len(output) > lines_per_test:
+            more = len(output) - lines_per_test
+            lines.append(f"      ... {more} more line(s): --full-output shows them")
     lines.append(f"Total: {total:g}/{max_total:g}  ({results.get('execution_time', 0):.1f} s)")
-    if results.get("output"):
-        lines.append(results["output"])
     return "\n".join(lines)
 
 
@@ -415,7 +424,10 @@ def _grade(submission, results_path, labels_dir, opts):
         )
     if res is not None and not opts.quiet:
         print("---- sandbox output (capped) ----", file=sys.stderr)
-        print(res.log[-4000:], file=sys.stderr)
+        shown = res.log if opts.full_output else res.log[-4000:]
+        if len(shown) < len(res.log):
+            print("... (the last 4000 characters; --full-output shows all)", file=sys.stderr)
+        print(shown, file=sys.stderr)
     return {"tests": tests, "output": "\n".join(out), "leaderboard": leaderboard}
 
 
@@ -480,5 +492,6 @@ def _grade_files(assignment, sub_root, labels):
                 req.visibility,
                 passed=ok,
             )
+            | {"tags": [REQUIRED_FILE_TAG]}  # grade-all's CSV says present / missing
         )
     return tests, leaderboard
