@@ -63,6 +63,8 @@ class RequiredFile:
     points: float = 0.0
     visibility: str = "visible"
     description: str = ""  # what the file holds, for the student README's upload list
+    # the prediction file whose run this script trained (python -m kit.upload builds it)
+    script_of: str = ""
 
 
 @dataclass
@@ -196,6 +198,7 @@ def _required_file(item, where):
         points=float(item.get("points", 0)),
         visibility=item.get("visibility", "visible"),
         description=str(item.get("description", "")),
+        script_of=str(item.get("script_of", "")),
     )
 
 

@@ -2,7 +2,7 @@
 
 python -m instructor release [--assignment NAME] OUT_DIR [--force]   a course's student starter
 python -m instructor gradescope [--assignment NAME] OUT_ZIP [--labels DIR]   its Gradescope zip
-python -m instructor readme                     README.md's generated blocks, for the default course
+python -m instructor readme                     README.md's generated blocks and course.yml, for the default course
 python -m instructor.reference_data                     regenerate test_data and hidden data
 
 NAME is a course of instructor/assignments/ (cs444_mp3, the default; cs771_hw2, iiit_a5,
@@ -43,7 +43,7 @@ def main(argv=None):
         if args.command == "readme":
             from .release import update_readme
 
-            print("README.md updated" if update_readme() else "README.md was up to date")
+            print("README.md and course.yml updated" if update_readme() else "up to date")
         elif args.command == "release":
             from .release import build_release
 

@@ -41,6 +41,7 @@ from instructor.readme import render_readme, student_readme
 CONFIG_DATA_SOURCES = re.compile(r"^(#[^\n]*\n)*data_sources:\n([ \t]+[^\n]*\n)*", re.MULTILINE)
 FIXED_MTIME = 315532800  # 1980-01-01, the earliest time a zip file can hold
 ROLES_FILE = "test_data/roles.yml"
+COURSE_FILE = "course.yml"
 
 __all__ = ["ReleaseError", "build_release", "find_regions", "upload_list"]
 
@@ -89,6 +90,33 @@ def render_config(config_text, assignment):
     return pattern.sub(lambda _: block, config_text, count=1)
 
 
+def course_file(assignment, upload, declarations):
+    """``course.yml``: the course's uploads, for ``python -m kit.upload`` (the student's
+    gatherer), in the order of README's upload list."""
+    uploads = []
+    predictions = {p.file: p for p in assignment.predictions}
+    required = {r.file: r for r in assignment.required_files}
+    for name, what in upload:
+        item = {"file": name, "what": what}
+        if name in predictions:
+            item.update(kind="predictions", num_classes=predictions[name].num_classes)
+        elif name in required:
+            script_of = required[name].script_of
+            item.update(kind="script", script_of=script_of) if script_of else item.update(
+                kind="document"
+            )
+        else:
+            item["kind"] = "code"
+        uploads.append(item)
+    header = (
+        "# This course's uploads, for `python -m kit.upload RUN ... --out upload/` (written by\n"
+        "# the release from the course's assignment file; do not edit).\n"
+    )
+    return header + yaml.safe_dump(
+        {"name": assignment.name, "uploads": uploads}, sort_keys=False, width=1000
+    )
+
+
 def course(assignment_path=None, root=KIT_ROOT):
     """``(assignment, selection, declarations, roles)`` of one course."""
     root = Path(root)
@@ -111,14 +139,27 @@ def course(assignment_path=None, root=KIT_ROOT):
 
 
 def update_readme(root=KIT_ROOT):
-    """Rewrite the repository's README.md with its generated blocks up to date; return
-    whether anything changed (``python -m instructor readme``)."""
-    path = Path(root) / "README.md"
-    old = path.read_text(encoding="utf-8")
-    new = instructor_readme(old, root)
-    if new != old:
-        path.write_text(new, encoding="utf-8")
-    return new != old
+    """Rewrite the repository's README.md generated blocks and course.yml for the default
+    course; return whether anything changed (``python -m instructor readme``)."""
+    changed = False
+    for path, render in (
+        (Path(root) / "README.md", instructor_readme),
+        (Path(root) / COURSE_FILE, instructor_course),
+    ):
+        old = path.read_text(encoding="utf-8") if path.is_file() else ""
+        new = render(old, root)
+        if new != old:
+            path.write_text(new, encoding="utf-8")
+            changed = True
+    return changed
+
+
+def instructor_course(_old="", root=KIT_ROOT):
+    """The repository's course.yml: the default course's uploads."""
+    assignment, selection, declarations, _ = course(None, root)
+    return course_file(
+        assignment, upload_list(assignment, selection, declarations, root), declarations
+    )
 
 
 def instructor_readme(readme, root=KIT_ROOT):
@@ -182,6 +223,7 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
         )
     for pkl in sorted((root / "test_data").glob("*.pkl")):
         files[f"test_data/{pkl.name}"] = pkl.read_bytes()
+    files[COURSE_FILE] = course_file(assignment, upload, declarations).encode("utf-8")
     files[ROLES_FILE] = yaml.safe_dump(
         {"assignment": assignment.name, "roles": roles}, sort_keys=False
     ).encode("utf-8")

@@ -24,7 +24,14 @@ import torch.distributed as dist
 import yaml
 from absl import app, flags
 
-from kit.config import ConfigError, apply_overrides, load_preset, read_data_sources, to_dict
+from kit.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    apply_overrides,
+    load_preset,
+    read_data_sources,
+    to_dict,
+)
 from kit.distributed import DistContext
 from kit.errors import UserError
 from kit.runs import check_resume_config, prepare_run_dir, setup_logging, write_config
@@ -110,12 +117,20 @@ def output_dir() -> Path:
 
 def data_source(name: str) -> str:
     """Where the real data set ``name`` ("flowers", "pixmo", ...) comes from: the
-    ``data_sources:`` entry of the kit's config.yml (a URL or a path)."""
+    ``data_sources:`` entry of the presets file (--config), else of the kit's config.yml
+    (a URL or a path)."""
+    given = FLAGS.config if "config" in FLAGS and FLAGS.config else None
+    files = [given] if given else []
+    if DEFAULT_CONFIG_PATH.is_file() or not files:
+        files.append(None)  # the kit's config.yml
     try:
-        sources = read_data_sources()
+        for path in files:
+            where = read_data_sources(path).get(name)
+            if where:
+                return where
     except ConfigError as err:
         raise UserError(str(err)) from None
-    return sources.get(name) or "ask your course staff"
+    return "ask your course staff"
 
 
 def synthetic_banner(banner: str, name: str, default_dir: str) -> str:

@@ -35,6 +35,12 @@ KIND_NAMES = {
 }
 NOT_IN_KIT = {"scratch": "Question 4 (training from scratch) is not in this kit"}
 DEMOS = {"flower": "demo_flower.py", "pixmo": "demo_pixmo.py", "scratch": "demo_scratch.py"}
+# The test predictions each kind of run writes (one class per line, in test-set order).
+PREDICTIONS = {
+    "flower": "test_flower.txt",
+    "pixmo": "test_pixmo.txt",
+    "scratch": "test_predictions.txt",
+}
 
 
 class NotTrainedYet(UserError):

@@ -22,7 +22,14 @@ from instructor import release as release_module
 from instructor.markers import ReleaseError, find_regions, strip_internal_markers, stub_source
 from instructor.parts import check_listing, load_parts, select, shipped_files
 from instructor.readme import strip_instructor_text, student_readme
-from instructor.release import build_release, course, instructor_readme, render_config, upload_list
+from instructor.release import (
+    build_release,
+    course,
+    instructor_course,
+    instructor_readme,
+    render_config,
+    upload_list,
+)
 from kit.config import read_data_sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,6 +361,9 @@ def test_repository_copies_of_generated_text_are_up_to_date():
     readme = (ROOT / "README.md").read_text()
     assert instructor_readme(readme) == readme, (
         "README.md's generated blocks are out of date: run python -m instructor readme"
+    )
+    assert instructor_course() == (ROOT / "course.yml").read_text(), (
+        "course.yml is out of date: run python -m instructor readme"
     )
     assert read_data_sources(ROOT / "config.yml") == ASSIGNMENT.data_sources, (
         "config.yml's data_sources differ from instructor/assignments/cs444_mp3.yml's"

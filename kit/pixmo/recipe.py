@@ -104,7 +104,7 @@ def pixmo_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
         raise UserError("synthetic_sizes must list 3 numbers (train, val, test) in config.yml")
     sizes, sides = cfg.synthetic_sizes, (cfg.synthetic_min_side, cfg.synthetic_max_side)
     wanted = synthetic.generation_info(sizes, *sides, seed=0)
-    return cli.choose_data_folder(
+    path, generated = cli.choose_data_folder(
         cfg.data_dir,
         DEFAULT_DATA_DIR,
         synthetic_data_dir(sizes, *sides),
@@ -114,6 +114,8 @@ def pixmo_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
         is_ready=lambda d: synthetic.read_info(d) == wanted,
         generate=lambda d: synthetic.generate(d, sizes, *sides, seed=0),
     )
+    # a generated folder named directly is synthetic all the same: its predictions say so
+    return path, generated or synthetic.read_info(path) is not None
 
 
 def load_splits(data_dir: Path, cfg: PixmoConfig, device) -> dict[str, PixmoPointsDataset]:

@@ -35,6 +35,7 @@ def preview_examples(dataset: str, data_dir: str | None = None, scratch_dataset:
     if dataset == "flower":
         from custom_dataset import load_flower_split
         from kit.flower import recipe
+        from kit.flower import synthetic as synthetic_flowers
 
         folder = _default_data_dir(recipe.DEFAULT_DATA_DIR, recipe.SYNTHETIC_DATA_DIR, data_dir, "flower")  # fmt: skip
         images, labels = load_flower_split(folder, "train")
@@ -45,7 +46,7 @@ def preview_examples(dataset: str, data_dir: str | None = None, scratch_dataset:
                 picked.append(i)
             if len(picked) == count:
                 break
-        synthetic = (folder / "SYNTHETIC_DATA_README.txt").is_file()
+        synthetic = synthetic_flowers.is_synthetic(folder)
         titles = [f"class {int(labels[i])}" for i in picked]
         return [images[i] for i in picked], titles, None, synthetic, str(folder)
     if dataset == "pixmo":
