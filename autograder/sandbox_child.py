@@ -233,14 +233,15 @@ def private_view(out_dir):
     cover = ("rdonly", "nosuid", "nodev", "noexec")
     _mount(libc, "agcover", JOB["rec"], "tmpfs", cover, "mode=000,size=4k")
     keep = os.open(out_dir, os.O_PATH | os.O_DIRECTORY)
-    _mount(libc, "agout", JOB["out"], "tmpfs", cover[1:], "mode=0755,size=64k")
     try:
-        os.mkdir(out_dir, 0o700)
-        _mount(libc, f"/proc/self/fd/{keep}", out_dir, None, ("bind",))
-        _mount(libc, None, JOB["out"], None, ("remount", *cover))
-    except OSError:
-        libc.umount2(JOB["out"].encode(), 2)  # MNT_DETACH: this exercise's folder is back
-        raise
+        _mount(libc, "agout", JOB["out"], "tmpfs", cover[1:], "mode=0755,size=64k")
+        try:
+            os.mkdir(out_dir, 0o700)
+            _mount(libc, f"/proc/self/fd/{keep}", out_dir, None, ("bind",))
+            _mount(libc, None, JOB["out"], None, ("remount", *cover))
+        except OSError:
+            libc.umount2(JOB["out"].encode(), 2)  # MNT_DETACH: this exercise's folder is back
+            raise
     finally:
         os.close(keep)
 
@@ -423,10 +424,15 @@ def _classify(exc):
     return "error"
 
 
-def _stage(text):
+def _stage(out_dir, text):
     """Say what the exercise process is doing (a time-out names it), in its outputs folder."""
+    path = os.path.join(out_dir, "stage.txt")
     try:
-        with open("stage.txt", "w", encoding="utf-8") as fh:
+        os.unlink(path)  # a new file rather than a truncated one: no flush on ext4
+    except OSError:
+        pass
+    try:
+        with open(path, "x", encoding="utf-8") as fh:
             fh.write(text[:400])
     except OSError:
         pass
@@ -452,7 +458,8 @@ def run_exercise(ex, exec_refused):
 
         os.chdir(out_dir)
         # on a time-out the supervisor sends SIGUSR1 and this writes every thread's stack
-        stacks = open("stack.txt", "w", encoding="utf-8")  # open for the process's whole life
+        # open for the process's whole life
+        stacks = open(os.path.join(out_dir, "stack.txt"), "w", encoding="utf-8")
         faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
         # the kit's trusted exercise checks, imported before the fork
         from kit.exercise_checks import forbidden, harness, runners
@@ -461,7 +468,7 @@ def run_exercise(ex, exec_refused):
         guard = forbidden.guard_process(ex["id"], os.path.join(out_dir, "forbidden.log"))
         sys.path.insert(1, JOB["student"])  # after the kit folder: the kit's files win
         stage = "importing transformer_utils.py"
-        _stage(stage)
+        _stage(out_dir, stage)
         import transformer_utils as tu
 
         with open(os.path.join(JOB["inputs"], ex["id"] + ".pkl"), "rb") as fh:
@@ -470,7 +477,7 @@ def run_exercise(ex, exec_refused):
         arrays, types = {}, {}
         for i, case_input in enumerate(cases):
             stage = f"running case {i + 1} of {len(cases)} [{harness.describe_input(case_input)}]"
-            _stage(stage)
+            _stage(out_dir, stage)
             torch.manual_seed(0)
             with forbidden.forbidden_ops(ex["id"]), harness.warnings_at_student_lines():
                 result = runner(tu, case_input)
@@ -478,7 +485,7 @@ def run_exercise(ex, exec_refused):
         guard.check()  # a thread or a forked child that used one after its case ended
         status["types"] = types
         stage = "saving the outputs"
-        _stage(stage)
+        _stage(out_dir, stage)
         # only plain numeric arrays go back; np.savez refuses nothing, the grader checks
         np.savez(
             os.path.join(out_dir, "outputs.npz"), **{k: np.asarray(v) for k, v in arrays.items()}

@@ -82,8 +82,10 @@ def _message(exercise_id, name):
     )
 
 
+@functools.cache
 def _aten_ops(substrings):
-    """The aten operators (with overload) whose names contain one of ``substrings``."""
+    """The aten operators (with overload) whose names contain one of ``substrings`` (cached:
+    the sandbox's supervisor looks them up once, before forking the exercise processes)."""
     if not substrings:
         return []
     names = torch._C._dispatch_get_all_op_names()
