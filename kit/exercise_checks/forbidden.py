@@ -124,19 +124,23 @@ class _ProcessGuard:
         raise ForbiddenOpError(_message(self.exercise_id, name))
 
     def install(self):
-        ops = _aten_ops(self.rules["aten"])
-        if ops:
-            self._library = torch.library.Library("aten", "IMPL")
-            for op in ops:
-                refuse = functools.partial(_refuse_op, self, op.split(".")[0])
-                for key in _GUARD_KEYS:
-                    self._library.impl(op, refuse, key)
-        functional = torch.nn.functional
-        for name in self.rules["functions"]:
-            original = getattr(functional, name, None)
-            if callable(original):
-                self._wrapped.append((functional, name, original))
-                setattr(functional, name, _refusing_function(self, name, original))
+        try:
+            ops = _aten_ops(self.rules["aten"])
+            if ops:
+                self._library = torch.library.Library("aten", "IMPL")
+                for op in ops:
+                    refuse = functools.partial(_refuse_op, self, op.split(".")[0])
+                    for key in _GUARD_KEYS:
+                        self._library.impl(op, refuse, key)
+            functional = torch.nn.functional
+            for name in self.rules["functions"]:
+                original = getattr(functional, name, None)
+                if callable(original):
+                    self._wrapped.append((functional, name, original))
+                    setattr(functional, name, _refusing_function(self, name, original))
+        except BaseException:  # e.g. another Python kernel already there: leave nothing behind
+            self.uninstall()
+            raise
         return self
 
     def uninstall(self):
@@ -175,6 +179,7 @@ def _refusing_function(guard, name, original):
     def refuse(*args, **kwargs):
         guard._use(name)
 
+    del refuse.__wrapped__  # no way back to the original through the wrapper
     return refuse
 
 
