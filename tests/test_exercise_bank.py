@@ -816,7 +816,9 @@ def test_the_summary_counts_from_the_data_in_a_student_release(tmp_path, monkeyp
     line = harness.summary_line(outcomes)
     assert line == "graded exercises passed 1/2, practice passed 1/9 (8 not run)"
     monkeypatch.setattr(harness, "DATA_DIR", str(ROOT / "test_data"))
-    assert harness.summary_line(outcomes) == line  # the same from instructor/assignments/cs444_mp3.yml
+    assert (
+        harness.summary_line(outcomes) == line
+    )  # the same from instructor/assignments/cs444_mp3.yml
 
 
 @pytest.mark.parametrize("pos_embedding", ["none", "learned1d", "learned2d", "sinusoidal"])
