@@ -34,7 +34,13 @@ KIND_NAMES = {
     "scratch": "a Question 4 run (training from scratch)",
 }
 NOT_IN_KIT = {"scratch": "Question 4 (training from scratch) is not in this kit"}
-DEMOS = {"flower": "demo_flower.py", "pixmo": "demo_pixmo.py", "scratch": "demo_scratch.py"}
+
+
+def demo_script(kind):
+    """The demo that trains runs of this kind (demo_<kind>.py at the kit's root)."""
+    return f"demo_{kind}.py"
+
+
 # The test predictions each kind of run writes (one class per line, in test-set order).
 PREDICTIONS = {
     "flower": "test_flower.txt",
@@ -85,7 +91,7 @@ class Run:
         """The error for a run that lacks ``what`` because no epoch has finished: wait if it
         is still training; if it stopped, the command that continues it."""
         command = (
-            f"python {DEMOS.get(self.kind, 'the demo')} --exp_name "
+            f"python {demo_script(self.kind)} --exp_name "
             f"{self.config.get('exp_name', '<preset>')} --output_dir {self.path} --resume"
         )
         return NotTrainedYet(

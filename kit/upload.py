@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from kit.errors import UserError
-from kit.finished_runs import DEMOS, PREDICTIONS, read_run
+from kit.finished_runs import PREDICTIONS, demo_script, read_run
 from kit.runs import atomic_write_text, read_predictions
 from kit.stopping import run_main
 
@@ -83,7 +83,7 @@ def check_predictions(path: Path, num_classes: int, run) -> str:
 
 
 def modules_of(demo: str, root: Path = KIT_ROOT) -> list[str]:
-    """The modules of the kit's folder that ``demo`` (e.g. demo_flower.py) imports, found by
+    """The modules of the kit's folder that the demo script ``demo`` imports, found by
     importing it in a fresh Python."""
     code = (
         f"import json, sys; import {Path(demo).stem}; "
@@ -177,7 +177,7 @@ def literal(text: str) -> str:
 
 def training_script(name: str, run, root: Path = KIT_ROOT) -> str:
     """The text of a self-contained script that trains ``run`` again."""
-    demo = DEMOS[run.kind]
+    demo = demo_script(run.kind)
     modules = modules_of(demo, root)
     sources, packages = [], []
     for module in modules:

@@ -35,7 +35,7 @@ from autograder.declarations import read_declarations
 from autograder.results import clean_text, normalise, safe_print, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSIGNMENT = load_assignment(ROOT / "instructor" / "assignment.yml")
+ASSIGNMENT = load_assignment("cs444_mp3")
 DECLS = read_declarations(ROOT / "test_functions.py")
 IDS = ["self_attention", "layer_norm"]
 SEED = 20240611
