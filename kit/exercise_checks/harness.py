@@ -28,7 +28,8 @@ from kit.exercise_checks.compare import (
     named_outputs,
     tolerance_units,
 )
-from kit.exercise_checks.forbidden import ForbiddenOpError, forbidden_ops
+from kit.exercise_checks.crashes import explain_crash
+from kit.exercise_checks.forbidden import forbidden_ops
 from kit.exercise_checks.runners import RUNNERS
 
 KIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -271,10 +272,8 @@ def check_exercise(test, exercise_id):
                 got = RUNNERS[exercise_id](tu, case["input"])
         except NotImplementedError as error:
             not_implemented = str(error)
-        except ForbiddenOpError:
-            raise
-        except Exception as error:  # your code raised: say where, in your file
-            crash = describe_exception(error)
+        except Exception as error:  # your code raised (or torch refused an op): say where
+            crash = explain_crash(exercise_id, error, case["input"], case["target"], tu)
         if not_implemented is not None:
             if "not implemented yet" not in not_implemented:
                 not_implemented = (
