@@ -6,7 +6,8 @@
 - ``check_exercise(test, exercise_id)``: runs the student's code on every stored case of
   ``test_data/<id>.pkl`` and fails ``test`` with a message that helps: the case and its
   input shapes, expected and actual shape and dtype, the largest errors, the known mistake
-  the output reproduces, or the line of transformer_utils.py that raised.
+  the output reproduces or else what is off (``diagnosis``), or the line of
+  transformer_utils.py that raised and the probable cause (``crashes``).
 - ``summary_line``: "graded exercises passed n/2, practice passed m/9", printed at exit.
 """
 
@@ -29,6 +30,7 @@ from kit.exercise_checks.compare import (
     tolerance_units,
 )
 from kit.exercise_checks.crashes import explain_crash
+from kit.exercise_checks.diagnosis import diagnose, format_diagnosis
 from kit.exercise_checks.forbidden import forbidden_ops
 from kit.exercise_checks.runners import RUNNERS
 
@@ -287,7 +289,7 @@ def check_exercise(test, exercise_id):
         tol = tolerances[i]
         problem = explain_difference(got, case["target"], tol["rtol"], tol["atol"])
         if problem and first_problem is None:
-            first_problem = f"{where}:\n{problem}"
+            first_problem, failing = f"{where}:\n{problem}", i
             if tol.get("note"):
                 first_problem += (
                     f"\nThis case is hard on purpose; if your formula is right, a likely "
@@ -303,6 +305,11 @@ def check_exercise(test, exercise_id):
         mistake = known_mistake(outputs, targets, mistakes, pairs)
         if mistake:
             first_problem += f"\nYour output matches a known mistake: {mistake}"
+        else:  # no known cause: at least say which part is off
+            inputs = [c["input"] for c in cases]
+            lines = diagnose(exercise_id, failing, inputs, outputs, targets, pairs, tu,
+                             RUNNERS[exercise_id])  # fmt: skip
+            first_problem += format_diagnosis(lines)
         test.fail(first_problem)
     for note in notes:
         warnings.warn(note, PrecisionNote, stacklevel=2)
