@@ -159,6 +159,17 @@ def probable_causes(exercise_id, error, case_input=None, expected=None):
             "or another reshape"
         ]
     m = re.search(
+        r"Expected size for first two dimensions of batch2 tensor to be: \[(.*?)\] but got: "
+        r"\[(.*?)\]",
+        text,
+    )
+    if m:
+        return None, [
+            f"a batched matrix product (A @ B) needs B's first sizes to be ({m.group(1)}), they "
+            f"are ({m.group(2)}): A's last size must equal B's size before last; one factor "
+            "probably needs a transpose (.transpose(-2, -1)) or another reshape"
+        ]
+    m = re.search(
         r"The size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at "
         r"non-singleton dimension (\d+)",
         text,

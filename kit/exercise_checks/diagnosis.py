@@ -106,14 +106,14 @@ def describe_split(label, bad):
     right = [i for i, b in enumerate(bad) if not b]
     if not off or not right:
         return None
-    if right == [0]:
-        return f"the first {label} is right and every later one is off"
-    if off == [0]:
-        return f"only the first {label} is off; the others are right"
-    if right == [n - 1]:
-        return f"every {label} is off except the last"
     if off == [n - 1]:
         return f"only the last {label} is off; the others are right"
+    if off == [0]:
+        return f"only the first {label} is off; the others are right"
+    if right == [0]:
+        return f"the first {label} is right and every later one is off"
+    if right == [n - 1]:
+        return f"every {label} is off except the last"
     return f"{label} {_ranges(off)} off, {_ranges(right)} right (counting from 0)"
 
 
@@ -239,7 +239,7 @@ def _output_lines(exercise_id, got, expected, rtol, atol):
             and not _bad(g, e, rtol, atol).any().item()
         )
         (right if ok else wrong).append(key)
-    if not right:
+    if not right or not wrong:
         return [], wrong
     lines = [f"right: {', '.join(right)}; wrong: {', '.join(wrong)}"]
     for r in right:
@@ -319,16 +319,19 @@ def _case_lines(exercise_id, inputs, passed):
     if not good or not bad:
         return []
     features = [case_features(exercise_id, inputs[i]) for i in range(len(inputs))]
-    lines = []
+    separating = []
     for name in features[good[0]]:
         right = {features[i][name] for i in good}
         wrong = {features[i][name] for i in bad}
         if not right & wrong:
-            lines.append(
-                f"right for {' / '.join(sorted(right))}, wrong for {' / '.join(sorted(wrong))}"
-            )
-    if lines:  # the first property that separates them (the others may just come along)
-        return lines[:1]
+            separating.append((" / ".join(sorted(right)), " / ".join(sorted(wrong))))
+    if len(separating) == 1:
+        return [f"right for {separating[0][0]}, wrong for {separating[0][1]}"]
+    if separating:  # all of them: naming one alone could point at the wrong one
+        return [
+            f"right for the case(s) with {', '.join(r for r, _ in separating)}; wrong for "
+            f"those with {', '.join(w for _, w in separating)} (any of these may matter)"
+        ]
     passing = ", ".join(str(i + 1) for i in good)
     failing = ", ".join(str(i + 1) for i in bad)
     return [f"case(s) {passing} pass and case(s) {failing} fail"]
@@ -390,6 +393,33 @@ def conv2d_probes(tu, run_student):
     return ["against torch's conv2d on a small input: " + "; ".join(parts)]
 
 
+def multi_head_attention_mask_probe(tu, run_student, case_input):
+    """Rerun a masked case with the mask all True (nothing blocked), against torch's own
+    attention with the same weights: says whether the error lies in the masking."""
+    from kit.exercise_checks.stand_ins import TorchMultiHeadAttention
+
+    mask = case_input.get("attn_mask")
+    if mask is None or bool(mask.all()):
+        return []
+    probe = dict(case_input, attn_mask=torch.ones_like(mask))
+    m = tu.MultiHeadAttention(case_input["embed_dim"], case_input["num_heads"])
+    m.load_state_dict(case_input["state_dict"])
+    with torch.no_grad():
+        out, attn = TorchMultiHeadAttention(m.eval())(
+            probe["query"], probe["key"], probe["value"], probe["attn_mask"], True
+        )
+    try:
+        got = run_student(tu, probe)
+    except Exception:
+        return []
+    if _passes(got, {"out": out, "attention": attn}, 1e-3, 1e-5):
+        return [
+            "right when the mask is all True (nothing blocked): the error is in how or where "
+            "the mask is applied"
+        ]
+    return ["wrong even when the mask is all True (nothing blocked): look beyond the mask"]
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -427,11 +457,10 @@ def _diagnose(exercise_id, index, inputs, outputs, targets, tolerances, tu, prob
         if not isinstance(g, torch.Tensor) or g.shape != e.shape:
             continue
         found = _relation_lines(key, g, e, rtol, atol)
+        found += [f"'{key}': {s}" for s in _axis_lines(exercise_id, key, g, e, rtol, atol)]
         found += _distribution_lines(key, g, e, inputs[index])
         found += _mask_row_lines(exercise_id, key, g, e, rtol, atol, inputs[index])
-        if not found:
-            found = [f"'{key}': {s}" for s in _axis_lines(exercise_id, key, g, e, rtol, atol)]
-        lines += found
+        lines += found[:4]
     passed = [
         None if out is None else _passes(out, tgt, *tol)
         for out, tgt, tol in zip(outputs, targets, tolerances)
@@ -439,6 +468,8 @@ def _diagnose(exercise_id, index, inputs, outputs, targets, tolerances, tu, prob
     lines += _case_lines(exercise_id, inputs, passed)
     if exercise_id == "conv2d" and tu is not None and probe is not None:
         lines += conv2d_probes(tu, probe)
+    if exercise_id == "multi_head_attention" and tu is not None and probe is not None:
+        lines += multi_head_attention_mask_probe(tu, probe, inputs[index])
     return list(dict.fromkeys(lines))
 
 
