@@ -392,3 +392,62 @@ def test_a_crash_without_a_frame_of_the_student_says_so():
     assert (
         text.startswith("RuntimeError: boom") and "not raised inside transformer_utils.py" in text
     )
+
+
+# ---------------------------------------------------------------------------
+# The grader says where time went
+# ---------------------------------------------------------------------------
+
+
+def _stack_of_a_hung_import(tmp_path, source):
+    """Import ``source`` as transformer_utils in a child Python whose faulthandler dumps its
+    stack after 1 s and exits (what the sandbox's supervisor asks for before its kill)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "transformer_utils.py").write_text(source, encoding="utf-8")
+    child = (
+        "import faulthandler, sys\n"
+        f"stack = open({str(tmp_path / 'stack.txt')!r}, 'w')\n"
+        "faulthandler.dump_traceback_later(1.0, exit=True, file=stack)\n"
+        f"sys.path.insert(0, {str(tmp_path / 'student')!r})\n"
+        "import transformer_utils\n"
+    )
+    subprocess.run([sys.executable, "-c", child], timeout=60, check=False)
+    return (tmp_path / "stack.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "stage", ["importing transformer_utils.py", "running case 1 of 5 [x (8,)]"]
+)
+def test_a_time_out_while_importing_says_so_and_names_the_line(stage, tmp_path):
+    from autograder import grade
+
+    source = "import math\n_spins = 0\nwhile True:\n    _spins += 1\n"
+    assert "transformer_utils.py" in _stack_of_a_hung_import(tmp_path, source)
+    (tmp_path / "stage.txt").write_text(stage, encoding="utf-8")
+    message = grade._timed_out(tmp_path, {"timeout_s": 1.0}, source)
+    # the stack shows the module's top level, whatever the stage file says
+    assert "Timed out after 1 s wall-clock while importing transformer_utils.py" in message
+    assert "runs when the grader imports it" in message, message
+    assert re.search(
+        r"It was running transformer_utils\.py:[34] in <module>:  (while True:|_spins \+= 1)",
+        message,
+    ), message
+
+
+def test_a_time_out_in_an_exercise_gets_no_import_advice(tmp_path):
+    from autograder import grade
+
+    (tmp_path / "stage.txt").write_text("running case 2 of 5 [x (8,)]", encoding="utf-8")
+    (tmp_path / "stack.txt").write_text(
+        "Current thread 0x1 (most recent call first):\n"
+        '  File "/box/transformer_utils.py", line 2 in forward\n',
+        encoding="utf-8",
+    )
+    message = grade._timed_out(
+        tmp_path, {"timeout_s": 3.0}, "def forward():\n    while True: pass\n"
+    )
+    assert "while running case 2 of 5" in message and "imports it" not in message, message
+    assert "It was running transformer_utils.py:2 in forward:  while True: pass" in message
