@@ -188,7 +188,8 @@ UNKNOWN = [
      ["'sinusoidal_encoding_1d': the first position is right and every later one is off",
       "right: LearnedPositionalEncoding1D, LearnedPositionalEncoding2D; wrong:"]),
     ("patch_embedding", [("return self.proj(patches)  # (B, N, E)", "return patches @ self.proj.weight.t()")],
-     ["right: img_to_patch, img_to_patch(flatten_channels=False); wrong: PatchEmbedding"]),
+     ["right: img_to_patch, img_to_patch(flatten_channels=False); wrong: PatchEmbedding",
+      "'PatchEmbedding' is off by an amount that depends only on the channel"]),
     ("encoder_layer", [("x = x + self.mlp(self.norm2(x))  # (B, T, E)", "x = x + self.mlp(x)")],
      ["right: attention; wrong: out", "look at what follows it"]),
     ("differential_attention",
@@ -204,10 +205,19 @@ UNKNOWN = [
       "right for the case(s) with stride=1, padding=0; wrong for those with stride=(1, 2) / stride=2"]),
     ("attention_rollout", [("return rollout, rollout[:, 0, 1:]", "return rollout, rollout[:, 0, :-1]")],
      ["right: rollout; wrong: cls_map", "look at how the CLS map is read"]),
+    ("differential_attention", [("lam = lam1 - lam2 + self.lambda_init", "lam = lam1 + lam2 + self.lambda_init")],
+     ["rows of 'attention' sum to -0.733; the expected rows all sum to 0.862",
+      "your lambda works out to 1.73, the expected one to 0.138"]),
+    ("vision_transformer", [("tokens = self.norm(tokens)  # (B, T, E)", "tokens = self.norm(tokens) * 2")],
+     ["right: attention; wrong: logits", "look after the blocks"]),
+    ("layer_norm", [("return x_hat * self.w + self.b", "return x_hat * self.w")],
+     ["'output' is off by an amount that depends only on the channel (the same at every other "
+      "index): an offset per channel"]),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("exercise_id", "edits", "says"), UNKNOWN, ids=[u[0] for u in UNKNOWN])
+@pytest.mark.parametrize(("exercise_id", "edits", "says"), UNKNOWN,
+                         ids=[f"{u[0]}-{i}" for i, u in enumerate(UNKNOWN)])  # fmt: skip
 def test_an_unknown_slip_is_located(exercise_id, edits, says, tmp_path, monkeypatch):
     status, message = _message(_edits(*edits), exercise_id, tmp_path, monkeypatch)
     assert status == "fail" and "known mistake" not in message, message

@@ -28,6 +28,8 @@ from kit.exercise_checks.compare import named_outputs
 _TOKENS3 = ("image", "position", "channel")
 _ATTENTION4 = ("image", "head", "query row", "key column")
 AXES = {
+    ("self_attention", "output"): _TOKENS3,
+    ("layer_norm", "output"): _TOKENS3,
     ("multi_head_attention", "out"): _TOKENS3,
     ("multi_head_attention", "attention"): _ATTENTION4,
     ("positional_encoding", "sinusoidal_encoding_1d"): ("position", "column"),
@@ -68,6 +70,8 @@ _SPLIT_HINTS = {
     ("conv2d", "out", "grad_x"): "your forward is right; the backward's grad_x is off",
     ("conv2d", "out", "grad_weight"): "your forward is right; the backward's grad_weight is off",
     ("conv2d", "out", "grad_bias"): "your forward is right; the backward's grad_bias is off",
+    ("vision_transformer", "attention", "logits"): "every block gets the right tokens, so "
+    "look after the blocks: self.norm, which token (or mean) the head reads, self.head",
     ("attention_rollout", "rollout", "cls_map"): "the rollout is right, so look at how the "
     "CLS map is read from it",
 }
@@ -141,6 +145,28 @@ def _is_distribution(t):
     return bool((t >= -1e-6).all()) and bool(((t.sum(-1) - 1).abs() < 1e-3).all())
 
 
+def _row_sum_lines(exercise_id, key, got, expected):
+    """Rows with one common sum in the target (a difference of two distributions sums to
+    1 - lambda in every row) and another common sum in the answer."""
+    g, e = got.detach().cpu().double(), expected.detach().cpu().double()
+    if e.dim() < 2 or e.shape[-1] < 2 or _is_distribution(e):
+        return []
+    want, have = e.sum(-1), g.sum(-1)
+    if not torch.isfinite(have).all() or (want.max() - want.min()).item() > 1e-4:
+        return []
+    lo, hi = have.min().item(), have.max().item()
+    if abs(have.mean().item() - want.mean().item()) < 1e-3:
+        return []
+    span = f"{lo:.3g}" if hi - lo < 1e-3 else f"between {lo:.3g} and {hi:.3g}"
+    line = f"rows of '{key}' sum to {span}; the expected rows all sum to {want.mean().item():.3g}"
+    if exercise_id == "differential_attention" and hi - lo < 1e-3:
+        line += (
+            f" (each row of A sums to 1 - lambda: your lambda works out to {1 - lo:.3g}, "
+            f"the expected one to {1 - want.mean().item():.3g})"
+        )
+    return [line]
+
+
 def _distribution_lines(key, got, expected, case_input):
     lines = []
     g, e = got.detach().cpu().double(), expected.detach().cpu().double()
@@ -168,7 +194,7 @@ def _distribution_lines(key, got, expected, case_input):
     return lines
 
 
-def _relation_lines(key, got, expected, rtol, atol):
+def _relation_lines(key, got, expected, rtol, atol, axes=None):
     g, e = got.detach().cpu().double().flatten(), expected.detach().cpu().double().flatten()
     if e.numel() < 2 or not torch.isfinite(g).all():
         return []
@@ -189,6 +215,17 @@ def _relation_lines(key, got, expected, rtol, atol):
     if abs(shift) > tol and near(g, e + shift):
         return [f"'{key}' is the expected output plus a constant {shift:.4g}"]
     got_t, exp_t = got.detach().cpu().double(), expected.detach().cpu().double()
+    err = got_t - exp_t
+    for d, label in enumerate(axes or ()):
+        n = err.shape[d]
+        if n < 2 or err.numel() == n:
+            continue
+        per_index = err.movedim(d, 0).reshape(n, -1)
+        if near(per_index.flatten(), per_index[:, :1].expand_as(per_index).flatten()):
+            return [
+                f"'{key}' is off by an amount that depends only on the {label} (the same at "
+                f"every other index): an offset per {label}"
+            ]
     if got_t.dim() >= 2 and got_t.shape[-1] == got_t.shape[-2] and got_t.shape[-1] > 1:
         if near(got_t.transpose(-1, -2).flatten(), e):
             return [f"'{key}' is the expected output with its last two dims swapped (transposed)"]
@@ -197,7 +234,6 @@ def _relation_lines(key, got, expected, rtol, atol):
             f"'{key}' holds the right numbers in the wrong places: check the order of your "
             "reshape/permute/transpose (or which row/column you read)"
         ]
-    del exp_t
     return []
 
 
@@ -456,13 +492,18 @@ def _diagnose(exercise_id, index, inputs, outputs, targets, tolerances, tu, prob
         g, e = got_named.get(key), exp_named[key]
         if not isinstance(g, torch.Tensor) or g.shape != e.shape:
             continue
-        found = _relation_lines(key, g, e, rtol, atol)
+        axes = _axes(exercise_id, key, g.dim())
+        found = _relation_lines(key, g, e, rtol, atol, axes)
         found += [f"'{key}': {s}" for s in _axis_lines(exercise_id, key, g, e, rtol, atol)]
         found += _distribution_lines(key, g, e, inputs[index])
+        found += _row_sum_lines(exercise_id, key, g, e)
         found += _mask_row_lines(exercise_id, key, g, e, rtol, atol, inputs[index])
         lines += found[:4]
+    # A case without the failing outputs (no bias, no grad_bias) says nothing about them.
     passed = [
-        None if out is None else _passes(out, tgt, *tol)
+        None
+        if out is None or not set(wrong) <= set(named_outputs(tgt))
+        else _passes(out, tgt, *tol)
         for out, tgt, tol in zip(outputs, targets, tolerances)
     ]
     lines += _case_lines(exercise_id, inputs, passed)
