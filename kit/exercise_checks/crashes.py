@@ -114,7 +114,7 @@ def probable_causes(exercise_id, error, case_input=None, expected=None):
     text = str(error)
     name = type(error).__name__
     if name == "ForbiddenOpError":
-        return None, ["build it from basic tensor operations; torch's own version is refused"]
+        return None, ["the line below calls torch's own version of what this exercise builds"]
     m = re.search(
         r"Mismatch in shape: grad_output\[0\] has a shape of torch.Size\(\[(.*?)\]\) and "
         r"output\[0\] has a shape of torch.Size\(\[(.*?)\]\)",
@@ -195,10 +195,12 @@ def probable_causes(exercise_id, error, case_input=None, expected=None):
     if re.search(r"expected scalar type|same dtype|dtype", text) and re.search(
         r"Float|Double|Long|Half|float|double|long", text
     ):
+        met = re.findall(r"\b(Double|Float|Long|Half|Int|BFloat16|Bool)\b", text)
+        which = f" ({' and '.join(dict.fromkeys(met))})" if len(set(met)) > 1 else ""
         return None, [
-            "two dtypes met (e.g. float32 and float64/int64): a tensor you created "
-            "(torch.zeros, torch.arange, torch.tensor) has another dtype than the inputs; "
-            "create it with dtype=x.dtype, or use .to(x)"
+            f"two dtypes met{which}: keep every tensor in the inputs' dtype (float32): no "
+            ".double(), and create new tensors (torch.zeros, torch.arange, torch.tensor) with "
+            "dtype=x.dtype, or .to(x)"
         ]
     if "Expected all tensors to be on the same device" in text:
         return None, ["create new tensors with device=x.device (or .to(x))"]
