@@ -373,6 +373,13 @@ CRASHES = [
     ("conv2d", [("grad_cols = weight.reshape(C_out, -1).t() @ g", "grad_cols = weight.reshape(C_out, -1) @ g")],
      "case 1 of 3", ["Probable cause: a matrix product (A @ B) needs A's last size to equal B's first: here 4 vs 27"],
      "grad_cols = weight.reshape(C_out, -1) @ g"),
+    ("conv2d", [("cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)", "cols = F.unfold(x, (kh, kw), padding=padding)")],
+     "case 2 of 3", ["your product has 70 columns per image and channel; H_out * W_out = 20: that is the count "
+                     "with stride 1 (pass stride= to F.unfold)"], "return out.reshape(B, C_out, H_out, W_out)"),
+    ("conv2d", [("grad_x = F.fold(grad_cols, x_shape[2:], (kh, kw), padding=padding, stride=stride)",
+                 "grad_x = F.fold(grad_cols, x_shape[2:], (kh, kw), stride=stride)")],
+     "case 2 of 3", ["F.fold with these arguments expects 12 columns, yours has 20",
+                     "you fold with padding=(0, 0); this case has padding=1"], "grad_x = F.fold(grad_cols"),
     ("patch_embedding", [("return self.proj(patches)  # (B, N, E)", "return self.proj(patches.double())")],
      "case 1 of 2", ["Probable cause: two dtypes met (Double and Float)"], "return self.proj(patches.double())"),
     ("multi_head_attention", [("scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, S)",

@@ -98,6 +98,23 @@ def _conv_size_causes(case_input, expected, got):
     return lines
 
 
+def _conv_columns_causes(case_input, numel):
+    """An unfold with the wrong stride or padding gives the wrong number of columns L."""
+    x, w = case_input["x"], case_input["weight"]
+    (sh, sw), (ph, pw) = _pair(case_input["stride"]), _pair(case_input["padding"])
+    B, C_out, (H, W), (kh, kw) = x.shape[0], w.shape[0], x.shape[2:], w.shape[2:]
+    if numel % (B * C_out):
+        return []
+    columns = numel // (B * C_out)
+    right = ((H + 2 * ph - kh) // sh + 1) * ((W + 2 * pw - kw) // sw + 1)
+    line = f"your product has {columns} columns per image and channel; H_out * W_out = {right}"
+    if columns == ((H + 2 * ph - kh) + 1) * ((W + 2 * pw - kw) + 1) and (sh, sw) != (1, 1):
+        line += ": that is the count with stride 1 (pass stride= to F.unfold)"
+    elif columns == ((H - kh) // sh + 1) * ((W - kw) // sw + 1) and (ph, pw) != (0, 0):
+        line += ": that is the count without padding (pass padding= to F.unfold)"
+    return [line]
+
+
 # (exercise, kind of failure) -> the student's function whose return line is shown when the
 # traceback has no frame of the student's file.
 _RESPONSIBLE = {
@@ -186,10 +203,35 @@ def probable_causes(exercise_id, error, case_input=None, expected=None):
         count = 1
         for v in wanted:
             count *= v if v > 0 else 1
-        return None, [
+        lines = [
             f"reshape/view to {wanted} needs {count} elements (if no -1), the tensor has "
             f"{m.group(2)}: check the sizes you computed (H // p, num_heads * head_dim, H_out)"
         ]
+        if exercise_id == "conv2d" and case_input is not None:
+            lines += _conv_columns_causes(case_input, int(m.group(2)))
+        return None, lines
+    m = re.search(
+        r"Given output_size=.*?padding=\((\d+), (\d+)\), stride=\((\d+), (\d+)\), expected size "
+        r"of input's dimension 2 to match the calculated number of sliding blocks .*?= (\d+), "
+        r"but got input.size\(2\)=(\d+)",
+        text,
+    )
+    if m:
+        padding, stride = _size(m.group(1) + " " + m.group(2)), _size(m.group(3) + " " + m.group(4))
+        lines = [
+            f"F.fold with these arguments expects {m.group(5)} columns, yours has {m.group(6)} (the "
+            "L of F.unfold): fold with the same kernel size, stride and padding as the unfold"
+        ]
+        if exercise_id == "conv2d" and case_input is not None:
+            if padding != _pair(case_input["padding"]):
+                lines.append(
+                    f"you fold with padding={padding}; this case has padding={case_input['padding']}"
+                )
+            if stride != _pair(case_input["stride"]):
+                lines.append(
+                    f"you fold with stride={stride}; this case has stride={case_input['stride']}"
+                )
+        return None, lines
     if "view size is not compatible with input tensor's size and stride" in text:
         return None, ["after a transpose/permute use .reshape (or .contiguous().view)"]
     if re.search(r"expected scalar type|same dtype|dtype", text) and re.search(
