@@ -498,7 +498,8 @@ def _diagnose(exercise_id, index, inputs, outputs, targets, tolerances, tu, prob
         found += _distribution_lines(key, g, e, inputs[index])
         found += _row_sum_lines(exercise_id, key, g, e)
         found += _mask_row_lines(exercise_id, key, g, e, rtol, atol, inputs[index])
-        if not found and not _bad(g, e, rtol, atol).logical_not().any():
+        share = _bad(g, e, rtol, atol).double().mean().item()
+        if not found and share > 0.9:  # a few entries right by chance change nothing
             parts = [a for a in axes if a != "image" and not a.startswith("index")]
             where = f" (no {' and no '.join(parts)} is right)" if parts else ""
             found = [f"'{key}' is off everywhere{where}: the error is not in one part of it"]
