@@ -121,7 +121,7 @@ PLANTED = [
      "grad_weight reshaped from a (C*kh*kw, C_out) product"),
     ("conv2d", [("grad_cols = weight.reshape(C_out, -1).t() @ g", "grad_cols = weight.reshape(-1, C_out) @ g")],
      "the weight matrix is reshaped to (C*kh*kw, C_out)"),
-    ("attention_rollout", [("a = attn.mean(dim=1)", "a = attn.sum(dim=1)")], "heads summed, not averaged"),
+    ("attention_rollout", [("a = attn.mean(dim=1)", "a = attn.sum(dim=1)")], "the identity weighs too little against the heads"),
     ("attention_rollout", [("a = a / a.sum(dim=-1, keepdim=True)", "a = a / a.sum(dim=-2, keepdim=True)")],
      "renormalised over the columns"),
     ("vision_transformer", [('else tokens[:, 0]  # (B, E)', 'else tokens[:, 1]')], "the head reads token 1"),

@@ -239,8 +239,9 @@ def _rollout(attentions, kind):
 def attention_rollout(case):
     attentions = case["attentions"]
     return {
-        "heads summed, not averaged: the identity then weighs 1/H as much as it should "
-        "(average the heads with mean(dim=1))": _rollout(attentions, "sum_heads"),
+        "the identity weighs too little against the heads (the heads summed, not averaged, "
+        "or a scaled identity): average the heads with mean(dim=1), then add the identity "
+        "itself": _rollout(attentions, "sum_heads"),
         "renormalised over the columns (dim -2): each row must sum to 1, so divide by "
         "a.sum(dim=-1, keepdim=True)": _rollout(attentions, "columns"),
     }
