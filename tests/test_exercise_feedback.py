@@ -478,3 +478,9 @@ def test_a_time_out_in_an_exercise_gets_no_import_advice(tmp_path):
     )
     assert "while running case 2 of 5" in message and "imports it" not in message, message
     assert "It was running transformer_utils.py:2 in forward:  while True: pass" in message
+
+
+def test_diagnosis_says_an_output_is_all_zeros():
+    outputs = _targets("decoder_layer")
+    outputs[0]["output"] = torch.zeros_like(outputs[0]["output"])
+    assert _diagnose("decoder_layer", outputs)[0] == "'output' is all zeros"
