@@ -7,6 +7,7 @@ python -m autograder grade-all SUBMISSIONS_DIR [--labels LABELS_DIR] --csv grade
 import argparse
 import sys
 
+from .budget import read_metadata
 from .grade import GradeOptions, grade
 from .sandbox import SandboxUnavailable
 
@@ -38,6 +39,12 @@ def _common(p):
         help="use the user-namespace sandbox (what runs without root) even as root",
     )
     p.add_argument(
+        "--release-private",
+        action="store_true",
+        help="show the private parts' scores (after the deadline); without it they are "
+        "scored but hidden, as on Gradescope until grades are published",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="run student code even if the sandbox cannot hide the protected paths "
@@ -53,6 +60,7 @@ def _options(args, **extra):
         namespaces=not args.no_namespaces,
         userns=args.userns,
         full_output=args.full_output,
+        release_private=args.release_private,
         **extra,
     )
 
@@ -67,6 +75,11 @@ def main(argv=None):
     g = sub.add_parser("grade", help="grade one submission folder, exactly as on Gradescope")
     g.add_argument("submission")
     g.add_argument("--results", required=True, help="where to write results.json")
+    g.add_argument(
+        "--metadata",
+        help="Gradescope's submission_metadata.json: counts the upload against the "
+        "assignment's submission_budget and compares with the previous grading",
+    )
     _common(g)
     a = sub.add_parser("grade-all", help="grade every sub-folder of SUBMISSIONS_DIR in parallel")
     a.add_argument("submissions")
@@ -77,6 +90,11 @@ def main(argv=None):
         help="where to put <name>/results.json (default: <submission>/results.json beside each)",
     )
     a.add_argument("--only", nargs="*", help="grade only these sub-folder names")
+    a.add_argument(
+        "--metadata-dir",
+        help="folder with each submission's Gradescope metadata (<name>/submission_metadata.json "
+        "or <name>.json): the CSV records its attempts",
+    )
     _common(a)
     m = sub.add_parser("merge-csv", help="merge the per-task CSVs of a Slurm grading array")
     m.add_argument("out_csv")
@@ -88,7 +106,10 @@ def main(argv=None):
         return merge_csv(args.out_csv, args.parts)
     try:
         if args.command == "grade":
-            results = grade(args.submission, args.results, args.labels, _options(args))
+            if args.metadata:
+                read_metadata(args.metadata)  # a bad file is one line here, not a 0
+            options = _options(args, metadata=args.metadata)
+            results = grade(args.submission, args.results, args.labels, options)
             # No test at all: the grader itself failed (bad labels, missing folder, ...); its
             # message is in the summary above, and results.json says the same to the student.
             return 0 if results["tests"] else 1
@@ -102,6 +123,7 @@ def main(argv=None):
             results_dir=args.results_dir,
             only=args.only,
             options=_options(args, quiet=True),
+            metadata_dir=args.metadata_dir,
         )
     except (OSError, ValueError, SandboxUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
