@@ -2,6 +2,7 @@
 
 python -m autograder grade SUBMISSION_DIR --results RESULTS_JSON [--labels LABELS_DIR] [--assignment NAME]
 python -m autograder grade-all SUBMISSIONS_DIR [--labels LABELS_DIR] --csv grades.csv --jobs N
+python -m autograder similarity UPLOADS_DIR [--labels LABELS_DIR] [--out DIR]
 """
 
 import argparse
@@ -96,10 +97,38 @@ def main(argv=None):
         "or <name>.json): the CSV records its attempts",
     )
     _common(a)
+    s = sub.add_parser(
+        "similarity",
+        help="compare every pair of uploads (shared mistakes, code fingerprints): a ranked "
+        "CSV and an HTML page of the top pairs",
+    )
+    s.add_argument("uploads", help="folder with one sub-folder per upload (as for grade-all)")
+    s.add_argument("--out", default="similarity-report", help="where to write similarity.csv "
+                   "and similarity.html (default: ./similarity-report)")  # fmt: skip
+    s.add_argument("--labels", help="true labels of the prediction files (needed to compare them)")
+    s.add_argument("--assignment", help="as for grade (which files to compare)")
+    s.add_argument(
+        "--starter",
+        help="the student release folder (python -m instructor release DIR): its code is left "
+        "out; default: built now from this repository",
+    )
+    s.add_argument("--files", nargs="*", help="compare only these files")
+    s.add_argument("--jobs", type=int, help="processes for fingerprinting (default: 2)")
+    s.add_argument("--top", type=int, default=20, help="pairs per file shown side by side")
+    s.add_argument("--csv-rows", type=int, default=1000, help="pairs per file in the CSV (0: all)")
     m = sub.add_parser("merge-csv", help="merge the per-task CSVs of a Slurm grading array")
     m.add_argument("out_csv")
     m.add_argument("parts", nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "similarity":
+        from .assignment import AssignmentError
+        from .similarity import main as similarity
+
+        try:
+            return similarity(args)
+        except (OSError, ValueError, AssignmentError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "merge-csv":
         from .grade_all import merge_csv
 
