@@ -17,6 +17,7 @@ found, whatever else surrounds it.
 import ast
 import builtins
 import io
+import itertools
 import keyword
 import tokenize
 import zlib
@@ -46,33 +47,40 @@ def _raw_tokens(source):
     return tokens
 
 
-def _embedded(text):
-    """The Python held in a long string literal, or None."""
+def _string_value(text):
+    """The value of a long string literal that spans lines, or None."""
     if len(text) < EMBEDDED_MIN:
         return None
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return None
-    if not isinstance(value, str) or "\n" not in value:
-        return None
+    return value if isinstance(value, str) and "\n" in value else None
+
+
+def _is_python(text):
     try:
-        ast.parse(value)
+        ast.parse(text)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return None
-    return value
+        return False
+    return True
 
 
-def normalised_tokens(source, line_offset=0, depth=0, cache=None):
-    """``[(token, line)]``: the code's tokens, normalised (module docstring)."""
-    out = []
+def _key(text):
+    return zlib.crc32(text.encode("utf-8", "surrogatepass")), len(text)
+
+
+def _pieces(source, depth, known):
+    """Yield ``(token, line)``, or ``(None, (code, line))`` for a long string that holds
+    Python (``known(code)`` says it was seen before, so it need not be parsed again)."""
     raw = _raw_tokens(source)
     previous = None  # type of the previous significant token
     previous_text = ""
     fstring = 0
     drop_newline = False
+    comma = None  # a comma waits: before a closing bracket it is layout (black adds them)
     for n, tok in enumerate(raw):
-        kind, text, line = tok.type, tok.string, tok.start[0] + line_offset
+        kind, text, line = tok.type, tok.string, tok.start[0]
         if kind in _SKIP:
             continue
         if drop_newline:
@@ -86,27 +94,30 @@ def normalised_tokens(source, line_offset=0, depth=0, cache=None):
             if kind == FSTRING_END:
                 fstring -= 1
                 if not fstring:
-                    out.append(("S", line))
-                    previous, previous_text = tokenize.STRING, "S"
+                    kind, text = tokenize.STRING, "S"
+                    if comma:
+                        yield comma
+                        comma = None
+                    yield text, line
+                    previous, previous_text = kind, text
             continue
         if kind == tokenize.STRING:
-            following = next((t.type for t in raw[n + 1 :] if t.type not in _SKIP), None)
+            following = next(
+                (t.type for t in itertools.islice(raw, n + 1, None) if t.type not in _SKIP), None
+            )
             if previous in _STATEMENT_START and following in (tokenize.NEWLINE, None):
                 drop_newline = True  # a docstring, or a string used as a comment
                 continue
-            code = _embedded(text) if depth == 0 else None
-            if code is not None:
-                key = zlib.crc32(code.encode("utf-8", "surrogatepass"))
-                inner = cache.get(key) if cache is not None else None
-                if inner is None:
-                    inner = normalised_tokens(code, 0, depth + 1)
-                    if cache is not None:
-                        cache[key] = inner
-                out.append(("S", line))
-                out.extend((t, ln + line - 1) for t, ln in inner)
-                previous, previous_text = tokenize.STRING, "S"
-                continue
+            value = _string_value(text) if depth == 0 else None
             text = "S"
+            if value is not None and (known(value) or _is_python(value)):
+                if comma:
+                    yield comma
+                    comma = None
+                yield "S", line
+                yield None, (value, line)
+                previous, previous_text = kind, text
+                continue
         elif kind == tokenize.NUMBER:
             text = "0"
         elif kind == tokenize.NAME:
@@ -118,11 +129,57 @@ def normalised_tokens(source, line_offset=0, depth=0, cache=None):
             text = "{"
         elif kind == tokenize.DEDENT:
             text = "}"
-        elif kind == tokenize.OP and text in _CLOSING and out and out[-1][0] == ",":
-            out.pop()  # a trailing comma is layout (black adds them)
-        out.append((text, line))
+        if comma:
+            if not (kind == tokenize.OP and text in _CLOSING):
+                yield comma
+            comma = None
+        if kind == tokenize.OP and text == ",":
+            comma = (text, line)
+        else:
+            yield text, line
         previous, previous_text = kind, text
+    if comma:
+        yield comma
+
+
+def normalised_tokens(source, depth=0):
+    """``[(token, line)]``: the code's tokens, normalised (module docstring)."""
+    out = []
+    for token, line in _pieces(source, depth, lambda code: False):
+        if token is None:
+            code, start = line
+            out.extend((t, ln + start - 1) for t, ln in normalised_tokens(code, depth + 1))
+        else:
+            out.append((token, line))
     return out
+
+
+def normalised_ids(source, cache=None, depth=0):
+    """``(ids, lines)``: :func:`normalised_tokens` as arrays of token ids and line numbers.
+    ``cache`` (a dict) keeps them for every text seen: a class's training scripts embed the
+    same kit modules, and each the upload's own transformer_utils.py."""
+    key = _key(source)
+    if cache is not None and key in cache:
+        return cache[key]
+    parts, tokens, lines = [], [], []
+    known = (lambda code: _key(code) in cache) if cache is not None else (lambda code: False)
+    for token, line in _pieces(source, depth, known):
+        if token is None:
+            code, start = line
+            parts.append((np.array([_token_id(t) for t in tokens], dtype=np.uint64),
+                          np.array(lines, dtype=np.int64)))  # fmt: skip
+            tokens, lines = [], []
+            ids, inner = normalised_ids(code, cache, depth + 1)
+            parts.append((ids, inner + start - 1))
+        else:
+            tokens.append(token)
+            lines.append(line)
+    parts.append((np.array([_token_id(t) for t in tokens], dtype=np.uint64),
+                  np.array(lines, dtype=np.int64)))  # fmt: skip
+    result = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if cache is not None:
+        cache[key] = result
+    return result
 
 
 _IDS = {}
@@ -135,10 +192,10 @@ def _token_id(text):
     return value
 
 
-def fingerprints(tokens, k=K, w=W):
-    """``(hashes, positions)``: the winnowed k-gram hashes of ``tokens`` and the index of the
-    first token of each (unsigned 64-bit; empty arrays when there are fewer than k)."""
-    ids = np.fromiter((_token_id(t) for t, _ in tokens), dtype=np.uint64, count=len(tokens))
+def fingerprints(ids, k=K, w=W):
+    """``(hashes, positions)``: the winnowed k-gram hashes of the token ``ids`` and the index
+    of the first token of each (unsigned 64-bit; empty arrays when there are fewer than k)."""
+    ids = np.asarray(ids, dtype=np.uint64)
     if ids.size < k:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     base = np.uint64(1_000_003)
@@ -158,9 +215,8 @@ def fingerprints(tokens, k=K, w=W):
 
 def file_fingerprints(source, cache=None):
     """``(hashes, first_line, last_line)`` of one file: each fingerprint's lines."""
-    tokens = normalised_tokens(source, cache=cache)
-    hashes, pick = fingerprints(tokens)
-    lines = np.array([ln for _, ln in tokens], dtype=np.int64)
+    ids, lines = normalised_ids(source, cache)
+    hashes, pick = fingerprints(ids)
     if not pick.size:
         return hashes, pick, pick
     return hashes, lines[pick], lines[np.minimum(pick + K - 1, lines.size - 1)]

@@ -114,21 +114,21 @@ def compare_prediction_file(part, labels, folders):
 
 
 # ---------------------------------------------------------------- code files
-def _fingerprint_job(args):
-    source, cache_key = args
-    hashes, first, last = file_fingerprints(source, cache=_WORKER_CACHE)
-    return hashes, first, last
+_WORKER_CACHE = {}  # per process: the tokens of every text seen (module docstring there)
 
 
-_WORKER_CACHE = {}  # per process: the kit modules every training script embeds, once
+def _fingerprint_upload(texts):
+    return [file_fingerprints(t, cache=_WORKER_CACHE) for t in texts]
 
 
-def fingerprint_all(sources, jobs):
-    """``file_fingerprints`` of each text, on ``jobs`` processes."""
-    if jobs <= 1 or len(sources) < 8:
-        return [file_fingerprints(s, cache=_WORKER_CACHE) for s in sources]
+def fingerprint_all(groups, jobs):
+    """``file_fingerprints`` of each text of each group (one group per upload, so that a
+    training script finds the upload's own transformer_utils.py already tokenised), on
+    ``jobs`` processes."""
+    if jobs <= 1 or len(groups) < 8:
+        return [_fingerprint_upload(g) for g in groups]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(_fingerprint_job, [(s, None) for s in sources], chunksize=8))
+        return list(pool.map(_fingerprint_upload, groups, chunksize=4))
 
 
 def starter_hashes(starter_dir, jobs=1):
@@ -136,7 +136,8 @@ def starter_hashes(starter_dir, jobs=1):
     starts from, so it is no evidence of copying."""
     files = sorted(Path(starter_dir).rglob("*.py"))
     texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
-    return set().union(*(set(h.tolist()) for h, _, _ in fingerprint_all(texts, jobs)))
+    prints = _fingerprint_upload(texts)
+    return set().union(*(set(h.tolist()) for h, _, _ in prints))
 
 
 def build_starter(assignment_path, out_dir):
@@ -153,18 +154,40 @@ def build_starter(assignment_path, out_dir):
     return Path(out_dir) / "release"
 
 
-def compare_code_file(file, folders, starter, jobs=1):
+def read_code(files, folders):
+    """``({file: {upload: text}}, {file: {upload: why not}})`` of the code files."""
+    texts, skipped = {f: {} for f in files}, {f: {} for f in files}
+    for name, folder in folders.items():
+        for file in files:
+            try:
+                data = read_capped(folder / file, MAX_CODE_BYTES)
+                texts[file][name] = data.decode("utf-8", "replace")
+            except PredictionError as exc:
+                skipped[file][name] = f"{file}: {exc}"
+    return texts, skipped
+
+
+def compare_code_files(files, folders, starter, jobs=1):
+    """Each code file over all uploads (:func:`compare_code_file`), fingerprinted per upload."""
+    texts, skipped = read_code(files, folders)
+    names = list(folders)
+    groups = [[texts[f][u] for f in files if u in texts[f]] for u in names]
+    prints = {f: {} for f in files}
+    for u, result in zip(names, fingerprint_all(groups, jobs)):
+        present = [f for f in files if u in texts[f]]
+        for f, p in zip(present, result):
+            prints[f][u] = p
+    return [
+        compare_code_file(f, list(texts[f]), list(texts[f].values()), list(prints[f].values()),
+                          starter, skipped[f])
+        for f in files
+    ]  # fmt: skip
+
+
+def compare_code_file(file, names, texts, prints, starter, skipped):
     """One code file over all uploads: fingerprints shared beyond the starter and beyond
     what many uploads share (a fingerprint in more than ``max(COMMON_MIN, COMMON_SHARE * n)``
     uploads is the obvious way to write something, not a copy)."""
-    names, texts, skipped = [], [], {}
-    for name, folder in folders.items():
-        try:
-            texts.append(read_capped(folder / file, MAX_CODE_BYTES).decode("utf-8", "replace"))
-            names.append(name)
-        except PredictionError as exc:
-            skipped[name] = f"{file}: {exc}"
-    prints = fingerprint_all(texts, jobs)
     n = len(names)
     owner = np.concatenate(
         [np.full(h.size, u, dtype=np.int64) for u, (h, _, _) in enumerate(prints)]
@@ -292,8 +315,7 @@ def run(uploads_dir, out_dir, labels_dir=None, assignment=None, starter=None, fi
                     f"--starter {start}: not a folder; give a release folder (python -m instructor release DIR)"
                 )
             hashes = starter_hashes(start, jobs)
-        for file in code_files:
-            results.append(compare_code_file(file, folders, hashes, jobs))
+        results += compare_code_files(code_files, folders, hashes, jobs)
     out = Path(out_dir)
     write_csv(out / "similarity.csv", results, csv_rows_per_file)
     write_atomic(out / "similarity.html", render_html(results, top, uploads=len(folders)))

@@ -11,8 +11,8 @@ regions; copies of one of them are renamed and reformatted.
 import ast
 import csv
 import io
+import json
 import os
-import re
 import subprocess
 import sys
 import tokenize
@@ -31,6 +31,7 @@ from autograder.mistakes import (
     log10_poisson_sf,
     right_probabilities,
 )
+from benchmarks.bench_similarity import solution
 from instructor.reference_data import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,24 +205,6 @@ def starter(tmp_path_factory):
     return out
 
 
-REGION = re.compile(r"^( *)# ---- YOUR CODE START \((\w+)\) ----\n.*?# ---- YOUR CODE END ----\n",
-                    re.MULTILINE | re.DOTALL)  # fmt: skip
-
-
-def solution(starter_text, bodies):
-    """The starter's transformer_utils.py with ``bodies`` ({exercise: code}) written in
-    between its YOUR CODE markers, as a student does."""
-
-    def fill(match):
-        indent, exercise = match.group(1), match.group(2)
-        if exercise not in bodies:
-            return match.group(0)
-        body = "".join(indent + line + "\n" for line in bodies[exercise].splitlines())
-        return f"{indent}# ---- YOUR CODE START ({exercise}) ----\n{body}{indent}# ---- YOUR CODE END ----\n"
-
-    return REGION.sub(fill, starter_text)
-
-
 def independent_solutions(starter_text):
     """One upload per self_attention answer of the corpus, each with a layer_norm answer
     (there are fewer of those: the last two reuse the first two, as students do)."""
@@ -313,3 +296,14 @@ def test_the_starter_is_left_out(starter, tmp_path):
                  "transformer_utils.py", "--out", str(out)]) == 0  # fmt: skip
     rows = list(csv.DictReader(open(out / "similarity.csv")))
     assert rows and all(r["shared_fingerprints"] == "0" for r in rows)
+
+
+def test_the_benchmark_finds_its_planted_copies(capsys):
+    """benchmarks/bench_similarity.py at a small size (its time is not checked here)."""
+    from benchmarks import bench_similarity
+
+    assert bench_similarity.main(["--uploads", "12", "--jobs", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["uploads"] == 12 and summary["similarity_wall_s"] > 0
+    for file, ranks in summary["planted_copy_ranks"].items():
+        assert ranks == [1, 2, 3], (file, ranks)
