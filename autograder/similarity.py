@@ -150,7 +150,12 @@ def build_starter(assignment_path, out_dir):
             "the instructor package is not here to build the starter code; give --starter "
             "with a release folder (python -m instructor release DIR)"
         ) from None
-    build_release(Path(out_dir) / "release", assignment_path=assignment_path)
+    try:
+        build_release(Path(out_dir) / "release", assignment_path=assignment_path)
+    except Exception as exc:  # ReleaseError and the like: the message names the file
+        raise SimilarityError(
+            f"cannot build the starter code ({exc}); give --starter with a release folder"
+        ) from None
     return Path(out_dir) / "release"
 
 
