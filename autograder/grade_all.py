@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import sandbox
+from .budget import read_metadata
 from .grade import REQUIRED_FILE_TAG, grade
 from .results import write_results
 
@@ -74,6 +75,10 @@ def grade_all(
     if not folders:
         raise ValueError(f"{submissions}: no submission folders found")
     jobs = max(1, min(jobs, len(folders)))
+    for folder in folders:  # a malformed metadata file stops the batch in one line, up front
+        meta = metadata_path(metadata_dir, folder.name)
+        if meta:
+            read_metadata(meta)
     # a machine that cannot sandbox student code fails once, in one line, not per submission
     sandbox.require_sandbox(options.namespaces, options.userns, options.insecure)
     # every other student's upload and results stay out of each sandbox's reach

@@ -303,3 +303,16 @@ def test_the_version_string_matches_pyproject():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert f'version = "{KIT_VERSION}"' in text
     assert math.isfinite(half_width(0.5, 1))
+
+
+def test_grade_all_refuses_bad_metadata_in_one_line_before_grading(tmp_path, capsys):
+    yml, labels, sub = _setup(tmp_path)
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "ann.json").write_text("[1, 2]")
+    code = main(["grade-all", str(tmp_path / "subs"), "--labels", str(labels), "--assignment",
+                 str(yml), "--insecure", "--metadata-dir", str(tmp_path / "meta"), "--csv",
+                 str(tmp_path / "g.csv")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "ann.json: expected a JSON object" in err
+    assert not (tmp_path / "g.csv").exists()

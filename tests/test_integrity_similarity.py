@@ -307,3 +307,27 @@ def test_the_benchmark_finds_its_planted_copies(capsys):
     assert summary["uploads"] == 12 and summary["similarity_wall_s"] > 0
     for file, ranks in summary["planted_copy_ranks"].items():
         assert ranks == [1, 2, 3], (file, ranks)
+
+
+def test_hostile_uploads_are_left_out_or_compared_never_a_crash(starter, tmp_path):
+    text = (starter / "transformer_utils.py").read_text()
+    up = tmp_path / "up"
+    cases = {
+        "binary": b"\x00\xff\xfe" * 1000,
+        "syntax_error": (text[:5000] + "\ndef broken(:\n    (((\n").encode(),
+        "deep": b"x = " + b"(" * 5000 + b"1" + b")" * 5000 + b"\n",
+        "huge_string": b"s = r'''" + b"def f(:\n" * 10_000 + b"'''\n",
+        "plain": text.encode(),
+    }
+    for name, data in cases.items():
+        (up / name).mkdir(parents=True)
+        (up / name / "transformer_utils.py").write_bytes(data)
+    (up / "link").mkdir()
+    (up / "link" / "transformer_utils.py").symlink_to(up / "plain" / "transformer_utils.py")
+    out = tmp_path / "report"
+    assert main(["similarity", str(up), "--starter", str(starter), "--files",
+                 "transformer_utils.py", "--out", str(out)]) == 0  # fmt: skip
+    page = (out / "similarity.html").read_text()
+    assert "link: transformer_utils.py: cannot open the file" in page
+    rows = list(csv.DictReader(open(out / "similarity.csv")))
+    assert {r["upload_a"] for r in rows} | {r["upload_b"] for r in rows} == set(cases)
