@@ -51,6 +51,12 @@ class PredictionPart:
     visibility: str = "visible"
     leaderboard: str = ""
     max_bytes: int = 1_000_000
+    # Share of the hidden labels scored and shown at every upload; the rest (the private
+    # part) carries the points and stays hidden until released, so that resubmitting cannot
+    # climb the labels that grade. 1 keeps the old behaviour (everything public).
+    public_fraction: Fraction = Fraction(1, 2)
+    split_seed: str = ""  # which images are public; default: the file name
+    private_visibility: str = "after_published"  # Gradescope's setting for the private part
 
 
 @dataclass
@@ -65,6 +71,14 @@ class RequiredFile:
     description: str = ""  # what the file holds, for the student README's upload list
     # the prediction file whose run this script trained (python -m kit.upload builds it)
     script_of: str = ""
+
+
+@dataclass
+class SubmissionBudget:
+    """At most ``count`` uploads whose public scores are shown per ``period_hours``."""
+
+    count: int
+    period_hours: float = 24.0
 
 
 @dataclass
@@ -95,6 +109,8 @@ class Assignment:
     intro: str = ""  # the opening of the student README
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     data_sources: dict = field(default_factory=dict)  # data set -> URL or path (student README)
+    release_private: bool = False  # show the private parts' scores (after the deadline)
+    submission_budget: SubmissionBudget = None  # None: unlimited uploads
     path: Path = None
 
     def roles(self, declared):
@@ -184,7 +200,39 @@ def _prediction(item, where):
         visibility=item.get("visibility", "visible"),
         leaderboard=item.get("leaderboard", ""),
         max_bytes=int(item.get("max_bytes", 1_000_000)),
+        public_fraction=_fraction(item.get("public_fraction", "0.5"), where + ".public_fraction"),
+        split_seed=str(item.get("split_seed", "")),
+        private_visibility=_visibility(item.get("private_visibility", "after_published"), where),
     )
+
+
+VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
+
+
+def _visibility(value, where):
+    if value not in VISIBILITIES:
+        raise AssignmentError(
+            f"{where}.private_visibility: {value!r} is not one of {', '.join(VISIBILITIES)}"
+        )
+    return value
+
+
+def _budget(raw, path):
+    """``submission_budget: {count: 5, period_hours: 24}`` (or absent: unlimited)."""
+    value = raw.get("submission_budget")
+    if value is None:
+        return None
+    where = f"{path}: submission_budget"
+    if not isinstance(value, dict) or "count" not in value:
+        raise AssignmentError(f"{where}: write it as {{count: 5, period_hours: 24}}")
+    _known(value, {"count", "period_hours"}, where)
+    try:
+        budget = SubmissionBudget(int(value["count"]), float(value.get("period_hours", 24)))
+    except (TypeError, ValueError):
+        raise AssignmentError(f"{where}: count and period_hours must be numbers") from None
+    if budget.count < 1 or not budget.period_hours > 0:
+        raise AssignmentError(f"{where}: count must be at least 1 and period_hours above 0")
+    return budget
 
 
 def _required_file(item, where):
@@ -231,6 +279,13 @@ def _id_list(raw, key, path, allow_rest=False):
     return list(value)
 
 
+def _flag(raw, key, path):
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise AssignmentError(f"{path}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def load_assignment(path=None):
     """Parse and validate an assignment file (a path, or a course name: ``assignment_path``)."""
     path = assignment_path(path)
@@ -255,6 +310,8 @@ def load_assignment(path=None):
             "parts",
             "presets",
             "intro",
+            "release_private",
+            "submission_budget",
         },
         str(path),
     )
@@ -304,5 +361,7 @@ def load_assignment(path=None):
         intro=str(raw.get("intro") or ""),
         limits=limits,
         data_sources=dict(data_sources),
+        release_private=_flag(raw, "release_private", path),
+        submission_budget=_budget(raw, path),
         path=path,
     )

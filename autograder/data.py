@@ -89,6 +89,11 @@ def _sources(ex_id, reference_dir):
     )
 
 
+def source_digest(ex_id, reference_dir=REFERENCE_DIR):
+    """The digest of one exercise's hidden data (what the prepared copies are keyed by)."""
+    return _sources(ex_id, reference_dir)[-1]
+
+
 def prepare(ex_id, out_dir, reference_dir=REFERENCE_DIR):
     """Convert one exercise's pickles into the prepared, torch-free form in ``out_dir``."""
     import torch  # noqa: F401  (unpickling the tensors needs it)

@@ -5,6 +5,7 @@ symlink-refusing, size-capped opens, runs student code only through
 :func:`autograder.sandbox.run_sandbox`, and compares what comes back with the hidden targets.
 """
 
+import json
 import os
 import re
 import signal
@@ -14,11 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import compare, data, evidence, sandbox
+from . import budget, compare, data, evidence, provenance, sandbox
 from .assignment import KIT_ROOT, load_assignment, sandbox_kit_files
 from .declarations import number_key, read_declarations
-from .predictions import PredictionError, grade_predictions, read_capped, read_labels
-from .results import normalise, safe_print, write_results
+from .predictions import PredictionError, read_capped, read_labels
+from .results import normalise, safe_print, test_entry, write_results
+from .split import grade_split
 
 MAX_SOURCE_BYTES = 2_000_000
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -40,6 +42,8 @@ class GradeOptions:
     quiet: bool = False
     full_output: bool = False  # the console summary shows every line of each test's output
     shared: tuple = ()  # folders holding other uploads and results (grade-all): kept secret
+    release_private: bool = False  # show the private parts' scores (the assignment may too)
+    metadata: str = None  # Gradescope's submission_metadata.json (the upload budget)
 
 
 def find_submission_root(submission, marker="transformer_utils.py"):
@@ -61,18 +65,7 @@ REQUIRED_FILE_TAG = "required file"
 SUMMARY_LINES = 6  # lines of each test's output the console summary shows (--full-output: all)
 
 
-def _test(name, number, score, max_score, output, visibility="visible", passed=None):
-    if passed is None:
-        passed = score >= max_score
-    return {
-        "name": name,
-        "number": number,
-        "score": score,
-        "max_score": max_score,
-        "output": output,
-        "visibility": visibility,
-        "status": "passed" if passed else "failed",
-    }
+_test = test_entry
 
 
 _SIGNALS = {
@@ -418,6 +411,7 @@ def grade(submission, results_path, labels_dir, options=None):
     opts = options or GradeOptions()
     start = time.monotonic()
     results_path = Path(results_path).absolute()
+    previous_digest = _previous_digest(results_path)
     write_results(
         results_path,
         {"output": "Grading started but did not finish (grader crash or time limit).", "tests": []},
@@ -426,6 +420,13 @@ def grade(submission, results_path, labels_dir, options=None):
     try:
         labels = Path(labels_dir).absolute() if labels_dir is not None else None
         results = _grade(Path(submission).absolute(), results_path, labels, opts)
+        note = provenance.regrade_note(
+            previous_digest or results.pop("previous_digest", None),
+            results.get("extra_data", {}).get("hidden_data_sha256"),
+        )
+        results.pop("previous_digest", None)
+        if note:
+            results["output"] = f"{results['output']}\n{note}"
     except KeyboardInterrupt:
         results["output"] = "Grading was interrupted."
         raise
@@ -444,13 +445,36 @@ def grade(submission, results_path, labels_dir, options=None):
     return results
 
 
+def _previous_digest(results_path):
+    """The hidden-data digest of the results.json a previous grading left at this path."""
+    try:
+        old = json.loads(read_capped(results_path, 50_000_000).decode("utf-8"))
+        digest = old["extra_data"]["hidden_data_sha256"]
+    except (PredictionError, ValueError, KeyError, TypeError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
+def shown_tests(results):
+    """``(shown, hidden)``: the tests a student sees now, and those Gradescope holds back
+    (any visibility but "visible": the private parts until they are released)."""
+    shown = [t for t in results["tests"] if t.get("visibility", "visible") == "visible"]
+    hidden = [t for t in results["tests"] if t.get("visibility", "visible") != "visible"]
+    return shown, hidden
+
+
 def summary(results, lines_per_test=SUMMARY_LINES):
-    """The console summary: the grader's header (what it is, the protections), each test's
-    score and the first ``lines_per_test`` lines of its output (None: all), then the total."""
+    """The console summary: the grader's header (what it is, the protections), each shown
+    test's score and the first ``lines_per_test`` lines of its output (None: all), then the
+    total; a hidden test (a private part not yet released) shows only its name."""
     lines = [results["output"]] if results.get("output") else []
-    total = sum(t["score"] for t in results["tests"])
-    max_total = sum(t["max_score"] for t in results["tests"])
+    shown, hidden = shown_tests(results)
+    total = sum(t["score"] for t in shown)
+    max_total = sum(t["max_score"] for t in shown)
     for t in results["tests"]:
+        if t in hidden:
+            lines.append(f"[hidden until released: {t['max_score']:g} points] {t['name']}")
+            continue
         lines.append(f"[{t['score']:g}/{t['max_score']:g}] {t['name']}")
         output = str(t["output"]).splitlines()
         for line in output[:lines_per_test]:
@@ -458,7 +482,16 @@ def summary(results, lines_per_test=SUMMARY_LINES):
         if lines_per_test is not None and len(output) > lines_per_test:
             more = len(output) - lines_per_test
             lines.append(f"      ... {more} more line(s): --full-output shows them")
-    lines.append(f"Total: {total:g}/{max_total:g}  ({results.get('execution_time', 0):.1f} s)")
+    took = f"({results.get('execution_time', 0):.1f} s)"
+    if hidden:  # the shown total is not the grade: say which checks it counts
+        passed = sum(1 for t in shown if t.get("status") == "passed")
+        lines.append(
+            f"Public checks passed {passed}/{len(shown)}, scoring {total:g}/{max_total:g}; "
+            f"{len(hidden)} private part(s) worth {sum(t['max_score'] for t in hidden):g} "
+            f"points hidden until released (--release-private)  {took}"
+        )
+    else:
+        lines.append(f"Total: {total:g}/{max_total:g}  {took}")
     return "\n".join(lines)
 
 
@@ -482,10 +515,17 @@ def _grade(submission, results_path, labels_dir, opts):
         raise ValueError(f"this assignment grades {names}: pass --labels with their true labels")
     labels = read_labels(labels_dir, assignment.predictions) if assignment.predictions else {}
     caps = sandbox.require_sandbox(opts.namespaces, opts.userns, opts.insecure)
+    released = opts.release_private or assignment.release_private
+    metadata = budget.read_metadata(opts.metadata) if opts.metadata else None
+    status = _budget(assignment, metadata)
     # Start the sandbox first: its torch import is the slow part, so the checks below overlap.
     state = _start_exercises(assignment, decls, sub_root, opts, protected, unwritable)
     try:
-        other_tests, leaderboard = _grade_files(assignment, sub_root, labels)
+        other_tests, leaderboard = _grade_files(
+            assignment, sub_root, labels, released,
+            show_public=not (status and status.over),
+            withheld=status.describe() if status else "",
+        )  # fmt: skip
     finally:
         tests = _finish_exercises(state, decls)
     tests += other_tests
@@ -497,6 +537,14 @@ def _grade(submission, results_path, labels_dir, opts):
     except Exception as exc:  # never at the cost of the grades
         protections = f"Sandbox protections: could not be listed ({_grader_problem(exc)})"
     out = [f"Autograder for {assignment.name}.", protections]
+    extra = _extra_data(assignment, labels, reference_dir, kit_root)
+    out.append(
+        f"Graded by kit {extra['kit_commit'] or extra['kit_version']} on hidden data "
+        f"{extra['hidden_data_sha256'][:12]}."
+    )
+    if status:
+        out.append(status.describe())
+        extra.update(attempts=status.attempts, attempts_in_period=status.in_period)
     if res is not None and res.log_bytes > limits["max_output_kb"] * 1024:
         out.append(
             f"Your code printed {res.log_bytes} bytes; only the first "
@@ -508,7 +556,38 @@ def _grade(submission, results_path, labels_dir, opts):
         if len(shown) < len(res.log):
             safe_print("... (the last 4000 characters; --full-output shows all)", file=sys.stderr)
         safe_print(shown, file=sys.stderr)
-    return {"tests": tests, "output": "\n".join(out), "leaderboard": leaderboard}
+    results = {"tests": tests, "output": "\n".join(out), "leaderboard": leaderboard}
+    results["extra_data"] = extra
+    if metadata is not None:
+        results["previous_digest"] = budget.previous_extra(metadata, "hidden_data_sha256")
+    return results
+
+
+def _budget(assignment, metadata):
+    """The upload budget's status, or None (no metadata: a local run counts nothing)."""
+    if metadata is None:
+        return None
+    b = assignment.submission_budget
+    return budget.budget_status(metadata, b.count if b else 0, b.period_hours if b else 24.0)
+
+
+def _extra_data(assignment, labels, reference_dir, kit_root):
+    """What this grade was computed with (results.json's ``extra_data``)."""
+    digests = {}
+    for ex in assignment.student_exercises:
+        try:
+            digests[ex] = data.source_digest(ex, reference_dir)
+        except Exception:  # its test already says why it cannot be graded
+            digests[ex] = "missing"
+    splits = {
+        p.file: f"{p.public_fraction}:{p.split_seed or p.file}" for p in assignment.predictions
+    }
+    kit = provenance.kit_identity(kit_root)
+    return {
+        "kit_commit": kit["commit"],
+        "kit_version": kit["version"],
+        "hidden_data_sha256": provenance.hidden_data_digest(labels, digests, splits),
+    }
 
 
 def _protected_paths(assignment, kit_root, reference_dir, labels_dir, submission, results, opts):
@@ -539,20 +618,22 @@ def _protected_paths(assignment, kit_root, reference_dir, labels_dir, submission
     return [str(p) for p in secret], [str(p) for p in untouched]
 
 
-def _grade_files(assignment, sub_root, labels):
+def _grade_files(assignment, sub_root, labels, released=False, show_public=True, withheld=""):
     """Prediction files and required files (no student code runs). Each part is graded on
-    its own: a failure while grading one is that part's zero with the reason."""
+    its own: a failure while grading one is that part's zero with the reason. The
+    leaderboard shows public accuracies only (the private part must not leak through it)."""
     tests, leaderboard = [], []
     for part in assignment.predictions:
         try:
-            score, accuracy, message = grade_predictions(
-                sub_root / part.file, labels[part.file], part
+            part_tests, accuracy = grade_split(
+                sub_root / part.file, labels[part.file], part, released, show_public, withheld
             )
         except Exception as exc:
-            score, accuracy = 0.0, None
+            accuracy = None
             message = f"{part.file}: this part could not be graded ({_grader_problem(exc)})."
-        tests.append(_test(part.name, part.number, score, part.points, message, part.visibility))
-        if part.leaderboard:
+            part_tests = [_test(part.name, part.number, 0.0, part.points, message, part.visibility)]
+        tests += part_tests
+        if part.leaderboard and part.public_fraction > 0 and show_public:
             leaderboard.append(
                 {"name": part.leaderboard, "value": accuracy or 0.0, "order": "desc"}
             )

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import sandbox
+from .budget import read_metadata
 from .grade import REQUIRED_FILE_TAG, grade
 from .results import write_results
 
@@ -26,14 +27,40 @@ def _slots(jobs, base_uid):
     return q
 
 
-def _cell(test):
-    """A test's CSV cell: its score, or present / missing for a required file (0 points)."""
+def _cell(test, released=True):
+    """A test's CSV cell: its score, present / missing for a required file (0 points), or
+    hidden for a private part not yet released."""
+    if not released and test.get("visibility", "visible") != "visible":
+        return "hidden"
     if REQUIRED_FILE_TAG in test.get("tags", ()) and not test["max_score"]:
         return "present" if test.get("status") == "passed" else "missing"
     return f"{test['score']:g}"
 
 
-def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=None, options=None):
+def metadata_path(metadata_dir, name):
+    """The submission_metadata.json of submission ``name`` under ``metadata_dir`` (kept
+    apart from the uploads: a file inside an upload is the student's, not Gradescope's)."""
+    if metadata_dir is None:
+        return None
+    for path in (
+        Path(metadata_dir) / name / "submission_metadata.json",
+        Path(metadata_dir) / f"{name}.json",
+    ):
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def grade_all(
+    submissions,
+    labels_dir,
+    csv_path,
+    jobs=1,
+    results_dir=None,
+    only=None,
+    options=None,
+    metadata_dir=None,
+):
     """Grade every sub-folder of ``submissions``; return a process exit status (0 ok)."""
     from tqdm import tqdm
 
@@ -48,6 +75,10 @@ def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=
     if not folders:
         raise ValueError(f"{submissions}: no submission folders found")
     jobs = max(1, min(jobs, len(folders)))
+    for folder in folders:  # a malformed metadata file stops the batch in one line, up front
+        meta = metadata_path(metadata_dir, folder.name)
+        if meta:
+            read_metadata(meta)
     # a machine that cannot sandbox student code fails once, in one line, not per submission
     sandbox.require_sandbox(options.namespaces, options.userns, options.insecure)
     # every other student's upload and results stay out of each sandbox's reach
@@ -61,7 +92,11 @@ def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=
         try:
             target = (Path(results_dir) / folder.name if results_dir else folder) / "results.json"
             try:
-                res = grade(folder, target, labels_dir, replace(options, uid=uid, quiet=True))
+                meta = metadata_path(metadata_dir, folder.name)
+                res = grade(
+                    folder, target, labels_dir,
+                    replace(options, uid=uid, quiet=True, metadata=meta),
+                )  # fmt: skip
             except Exception as exc:  # never lose the whole batch to one submission
                 res = {"tests": [], "output": f"grader error: {exc}"}
                 write_results(target, res)
@@ -81,24 +116,8 @@ def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=
         for t in res["tests"]:
             if t["name"] not in test_names:
                 test_names.append(t["name"])
-    csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["submission", "score", "max_score", *test_names])
-        for name in sorted(rows):
-            res = rows[name]
-            by_name = {t["name"]: _cell(t) for t in res["tests"]}
-            writer.writerow(
-                [
-                    name,
-                    f"{sum(t['score'] for t in res['tests']):g}",
-                    f"{sum(t['max_score'] for t in res['tests']):g}",
-                    *[by_name.get(n, "") for n in test_names],
-                ]
-            )
-    os.replace(tmp, csv_path)
+    released = options.release_private
+    _write_csv(csv_path, rows, test_names, released, with_attempts=metadata_dir is not None)
     print(f"graded {len(rows)} submissions into {csv_path}", file=sys.stderr)
     failed = sorted(name for name, res in rows.items() if not res["tests"])
     if failed:  # the grader itself failed on these (e.g. bad labels): say so, exit non-zero
@@ -109,6 +128,45 @@ def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=
         )
         return 1
     return 0
+
+
+PROVENANCE = ("hidden_data", "kit")  # what each row was graded with
+ATTEMPTS = ("attempts", "attempts_in_period")  # from submission_metadata.json, when given
+
+
+def _write_csv(csv_path, rows, test_names, released, with_attempts):
+    """One row per submission, written atomically. Until ``released``, the private parts read
+    "hidden" and score / max_score count the shown tests only."""
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    extra_columns = PROVENANCE + (ATTEMPTS if with_attempts else ())
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["submission", "score", "max_score", *test_names, *extra_columns])
+        for name in sorted(rows):
+            res = rows[name]
+            counted = [
+                t for t in res["tests"] if released or t.get("visibility", "visible") == "visible"
+            ]
+            by_name = {t["name"]: _cell(t, released) for t in res["tests"]}
+            extra = res.get("extra_data") or {}
+            values = {
+                "hidden_data": str(extra.get("hidden_data_sha256", ""))[:12],
+                "kit": extra.get("kit_commit") or extra.get("kit_version", ""),
+                "attempts": extra.get("attempts", ""),
+                "attempts_in_period": extra.get("attempts_in_period", ""),
+            }
+            writer.writerow(
+                [
+                    name,
+                    f"{sum(t['score'] for t in counted):g}",
+                    f"{sum(t['max_score'] for t in counted):g}",
+                    *[by_name.get(n, "") for n in test_names],
+                    *[values[c] for c in extra_columns],
+                ]
+            )
+    os.replace(tmp, csv_path)
 
 
 def merge_csv(out_csv, parts):

@@ -15,6 +15,8 @@ import os
 import stat
 from fractions import Fraction
 
+from .intervals import describe
+
 
 class PredictionError(ValueError):
     """A file from the submission cannot be graded (the message names the line or the problem)."""
@@ -131,28 +133,34 @@ def is_synthetic(data):
     return first.lstrip().startswith(b"#") and b"synthetic" in first.lower()
 
 
-def grade_predictions(pred_path, labels, part):
-    """Return ``(score, accuracy or None, message)`` for one prediction file."""
+def read_predictions(pred_path, part, total):
+    """``(predictions, None)``, or ``(None, why the file earns nothing)`` in one line."""
     try:
         data = read_capped(pred_path, part.max_bytes)
         if is_synthetic(data):
-            return (
-                0.0,
-                None,
+            return None, (
                 f"{part.file}: these predictions come from synthetic data (the demo ran "
                 "without the real data set and marked the file on its first line); train on "
-                f"the real data and upload that run's {part.file}. No credit.",
+                f"the real data and upload that run's {part.file}. No credit."
             )
-        preds = parse_lines(data, part.num_classes, max_lines=len(labels))
+        return parse_lines(data, part.num_classes, max_lines=total), None
     except PredictionError as exc:
         where = " in your upload" if str(exc) == "file not found" else ""
-        return 0.0, None, f"{part.file}: {exc}{where}. No credit."
+        return None, f"{part.file}: {exc}{where}. No credit."
+
+
+def grade_predictions(pred_path, labels, part):
+    """Return ``(score, accuracy or None, message)`` for one prediction file, scored on all
+    of ``labels`` (the split assignment scores its parts with :mod:`autograder.split`)."""
+    preds, error = read_predictions(pred_path, part, len(labels))
+    if error:
+        return 0.0, None, error
     correct = sum(1 for p, y in zip(preds, labels) if p == y)
     total = len(labels)
     score = round(credit(correct, total, part.threshold, part.floor, part.points), 4)
     accuracy = correct / total if total else 0.0
     lines = [
-        f"{part.file}: {correct} of {total} correct, accuracy {accuracy:.4f} "
+        f"{part.file}: {correct} of {total} correct, accuracy {describe(correct, total)} "
         f"(full credit at {float(part.threshold):.2f}, zero at or below {float(part.floor):.2f}).",
     ]
     if len(preds) < total:

@@ -20,6 +20,21 @@ VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
 _UNSAFE = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def test_entry(name, number, score, max_score, output, visibility="visible", passed=None):
+    """One test of results.json (``passed`` defaults to full marks)."""
+    if passed is None:
+        passed = score >= max_score
+    return {
+        "name": name,
+        "number": number,
+        "score": score,
+        "max_score": max_score,
+        "output": output,
+        "visibility": visibility,
+        "status": "passed" if passed else "failed",
+    }
+
+
 def clean_text(value, limit=None):
     """``value`` as a string that any JSON parser and UTF-8 console accepts."""
     if not isinstance(value, str):
@@ -92,7 +107,21 @@ def normalise(results):
     ]
     if board:
         out["leaderboard"] = board
+    extra = results.get("extra_data")
+    if isinstance(extra, dict) and extra:
+        out["extra_data"] = {clean_text(k, 100): _clean_extra(v) for k, v in extra.items()}
     return out
+
+
+def _clean_extra(value):
+    """A value of ``extra_data`` (the grader's own: versions, digests, counts) as JSON."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return _clean_number(value)
+    return clean_text(value, 1000)
 
 
 def write_results(path, results):

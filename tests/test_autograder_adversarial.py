@@ -26,12 +26,15 @@ import re
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
+from autograder.assignment import load_assignment
 from autograder.grade import GradeOptions
 from autograder.grade_all import grade_all
+from autograder.split import public_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = ROOT / "tests" / "submissions"
@@ -53,7 +56,8 @@ SAMPLE = [  # the fast tier's uploads: 3 sandboxes, 2 prediction-only uploads
 JOBS = 3
 TIMEOUT_S = 3
 SAMPLE_TIMEOUT_S = 2  # the infinite loop costs this much wall-clock time
-N_FLOWER, N_PIXMO = 100, 50
+ASSIGNMENT = load_assignment("cs444_mp3")  # what the grader uses by default
+N_FLOWER, N_PIXMO = 200, 50  # 100 private flower images: 0.91 and 0.92 are exact
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (CI runs as root)"),
@@ -94,13 +98,24 @@ def _spec(case):
     return spec
 
 
+def _private_indices(total, file="test_flower.txt"):
+    """The images of ``file`` whose accuracy carries the points (the assignment's split)."""
+    part = next(p for p in ASSIGNMENT.predictions if p.file == file)
+    public = set(public_indices(total, part.public_fraction, part.split_seed or part.file))
+    return [i for i in range(total) if i not in public]
+
+
 def _prediction_variant(variant, labels, num_classes):
+    """A prediction file; the threshold cases put their mistakes in the private part, whose
+    accuracy is what they name (the public part only informs)."""
     wrong = [(y + 1) % num_classes for y in labels]
     lines = [str(y) for y in labels]
+    private = _private_indices(len(labels))
     if variant == "all_zero":
         return "".join("0\n" for _ in labels).encode()
-    if variant == "short":
-        return "".join(f"{y}\n" for y in lines[:90]).encode()
+    if variant == "short":  # ends where a tenth of the private images are still to come
+        end = private[len(private) * 9 // 10]
+        return "".join(f"{y}\n" for y in lines[:end]).encode()
     if variant == "header":
         return ("prediction\n" + "".join(f"{y}\n" for y in lines)).encode()
     if variant == "out_of_range":
@@ -109,8 +124,10 @@ def _prediction_variant(variant, labels, num_classes):
     if variant == "huge":
         return b"1\n" * 10_000_000
     if variant in ("at_threshold", "below_threshold"):
-        k = 92 if variant == "at_threshold" else 91
-        return "".join(f"{y}\n" for y in labels[:k] + wrong[k:]).encode()
+        share = Fraction(92 if variant == "at_threshold" else 91, 100)
+        missed = set(private[: len(private) - int(share * len(private))])
+        answers = [wrong[i] if i in missed else y for i, y in enumerate(labels)]
+        return "".join(f"{y}\n" for y in answers).encode()
     if variant == "crlf_bom":
         return b"\xef\xbb\xbf" + "".join(f"{y}\r\n" for y in lines).encode()
     if variant == "blank_line":
@@ -283,7 +300,10 @@ def test_case_outcome(request, run, case):
     json.dumps(res, ensure_ascii=False).encode("utf-8", "strict")
     expect = _spec(case).get("EXPECT", {})
     for key, words in PARTS.items():
-        matching = [t for t in res["tests"] if words in t["name"]]
+        # a prediction file's points are its private part's; its public part is 0-point feedback
+        matching = [
+            t for t in res["tests"] if words in t["name"] and not t["name"].endswith("public part")
+        ]
         assert len(matching) == 1, (key, [t["name"] for t in res["tests"]])
         test = matching[0]
         points, needle = expect.get(key, (test["max_score"], ""))

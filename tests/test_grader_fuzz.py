@@ -20,6 +20,7 @@ import functools
 import io
 import json
 import random
+import re
 import struct
 import warnings
 import zipfile
@@ -543,16 +544,19 @@ def test_end_to_end_the_four_failures_leave_a_complete_valid_results_file(tmp_pa
     res = grade.grade(sub, tmp_path / "results.json", labels, grade.GradeOptions())
     raw = (tmp_path / "results.json").read_bytes()
     data = json.loads(raw.decode("utf-8", "strict"), parse_constant=pytest.fail)
-    assert data == res and len(data["tests"]) == 6
-    scores = {t["name"].split(" (")[0]: t["score"] for t in data["tests"]}
+    # each prediction file: its private part (the points) and its public part (0 points)
+    assert data == res and len(data["tests"]) == 8
+    scores = {re.sub(r" \(.*?\)", "", t["name"]): t["score"] for t in data["tests"]}
     assert scores == {
         "1.1 SelfAttention": 0, "1.2 LayerNorm": 0, "Flower test accuracy": 0,
-        "script_q2.py present": 0, "PixMo test accuracy": 4, "script_q3.py present": 0,
+        "Flower test accuracy, public part": 0, "script_q2.py present": 0,
+        "PixMo test accuracy": 4, "PixMo test accuracy, public part": 0, "script_q3.py present": 0,
     }  # fmt: skip
     assert "\\ud800" not in raw.decode() and "\ufffd" in data["tests"][0]["output"]
     assert "dtype <U1" in data["tests"][1]["output"]
     console.flush()
-    assert b"Total: 4/12" in console.buffer.getvalue()
+    # the private parts (PixMo's 4 points among them) stay hidden on the console
+    assert b"scoring 0/4; 2 private part(s) worth 8 points hidden" in console.buffer.getvalue()
 
 
 def test_a_crash_while_grading_one_item_costs_only_that_item(tmp_path, monkeypatch):
@@ -567,21 +571,21 @@ def test_a_crash_while_grading_one_item_costs_only_that_item(tmp_path, monkeypat
 
     flaky.calls = 0
     monkeypatch.setattr(grade.compare, "grade_outputs", flaky)
-    real_predictions = grade.grade_predictions
+    real_predictions = grade.grade_split
 
-    def broken(path, labels, part):
+    def broken(path, labels, part, *args):
         if part.file == "test_pixmo.txt":
             raise MemoryError("a bug in the grader")
-        return real_predictions(path, labels, part)
+        return real_predictions(path, labels, part, *args)
 
-    monkeypatch.setattr(grade, "grade_predictions", broken)
+    monkeypatch.setattr(grade, "grade_split", broken)
     monkeypatch.setattr(grade, "describe_protections", lambda *a: 1 / 0)
     sub, labels = _upload(tmp_path)
     res = grade.grade(sub, tmp_path / "results.json", labels, grade.GradeOptions(quiet=True))
     scores = [t["score"] for t in res["tests"]]
-    assert scores == [0, 2, 4, 0, 0, 0], res["tests"]
+    assert scores == [0, 2, 4, 0, 0, 0, 0], res["tests"]  # flower: private 4, public 0
     assert "ZeroDivisionError: a bug in the grader" in res["tests"][0]["output"]
-    assert "could not be graded" in res["tests"][4]["output"]
+    assert "could not be graded" in res["tests"][5]["output"]
     assert "protections: could not be listed" in res["output"]
 
 
