@@ -62,13 +62,17 @@ def upload_list(assignment, selection, declarations, root=KIT_ROOT):
         if numbers:
             items.append((name, f"your code; exercises {', '.join(numbers)} are graded"))
     for part in assignment.predictions:
-        items.append(
-            (
-                part.file,
-                f"the predictions of your best run on the real data ({part.number}; full "
-                f"credit at accuracy {float(part.threshold):.2f})",
-            )
+        what = (
+            f"the predictions of your best run on the real data ({part.number}; full "
+            f"credit at accuracy {float(part.threshold):.2f}"
         )
+        if part.public_fraction < 1:
+            # Say it up front: a student who sees one score per upload assumes it is the grade.
+            what += (
+                f"; each upload shows your accuracy on a public {float(part.public_fraction):.0%}"
+                " of the test images, the grade comes from the rest, shown when your course staff release it"
+            )
+        items.append((part.file, what + ")"))
     for req in assignment.required_files:
         items.append((req.file, req.description or f"required ({req.number})"))
     return items
