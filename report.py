@@ -6,9 +6,8 @@
     python report.py posemb --run RUN --out posemb.png
     python report.py preview flower|pixmo|scratch [--data_dir D] --out preview.png
 
-A RUN is the ``--output_dir`` of ``demo_flower.py`` (Question 2), ``demo_pixmo.py``
-(Question 3) or ``demo_scratch.py`` (Question 4): ``config.yaml``, ``train.log``,
-``tensorboard/``, ``best.pt``, ... Figures are PNG at 150 dpi, or vector graphics when
+A RUN is a demo's ``--output_dir``: ``config.yaml``, ``train.log``, ``tensorboard/``,
+``best.pt``, ... Figures are PNG at 150 dpi, or vector graphics when
 ``--out`` ends in ``.pdf`` or ``.svg``. Every output file is written atomically.
 
 - ``curves``: training and validation loss and accuracy per epoch (TensorBoard's own event

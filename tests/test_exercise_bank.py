@@ -552,9 +552,15 @@ MISTAKES = [
     ),
     (
         "vision_transformer",
-        "logits = self.head(self.norm(tokens)[:, 0])",
-        "logits = self.head(tokens[:, 0])",
+        "tokens = self.norm(tokens)  # (B, T, E)",
+        "",
         "final LayerNorm self.norm is skipped",
+    ),
+    (
+        "vision_transformer",
+        'pooled = tokens[:, 1:].mean(dim=1) if self.pool == "mean" else tokens[:, 0]',
+        "pooled = tokens[:, 0]",
+        "pool='mean' is ignored",
     ),
     (
         "positional_encoding",
@@ -810,7 +816,9 @@ def test_the_summary_counts_from_the_data_in_a_student_release(tmp_path, monkeyp
     line = harness.summary_line(outcomes)
     assert line == "graded exercises passed 1/2, practice passed 1/10 (9 not run)"
     monkeypatch.setattr(harness, "DATA_DIR", str(ROOT / "test_data"))
-    assert harness.summary_line(outcomes) == line  # the same from instructor/assignment.yml
+    assert (
+        harness.summary_line(outcomes) == line
+    )  # the same from instructor/assignments/cs444_mp3.yml
 
 
 @pytest.mark.parametrize("pos_embedding", ["none", "learned1d", "learned2d", "sinusoidal"])
