@@ -921,8 +921,12 @@ class WindowSelfAttention(nn.Module):
 
     def __init__(self, embed_dim, num_heads, window_size):
         super().__init__()
-        assert embed_dim % num_heads == 0, "embed_dim must be divisible by num_heads"
-        assert window_size >= 1, "window_size must be at least 1"
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}; change one"
+            )
+        if window_size < 1:
+            raise ValueError(f"window_size {window_size} must be at least 1 (tokens per side)")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
@@ -947,6 +951,12 @@ class WindowSelfAttention(nn.Module):
         scores of those keys to -inf before the softmax over the keys. Merge the heads back to
         (B', w, w, C), window_unpartition, then out_proj.
         """
+        if x.dim() != 4 or x.shape[-1] != self.embed_dim:
+            # (B, N, C) token lists are the usual slip: the windows need the grid layout
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; give tokens on their grid, (B, H, W, "
+                f"{self.embed_dim}): reshape (B, H * W, C) tokens to (B, H, W, C) first"
+            )
         # BEGIN SOLUTION window_attention
         B, H, W, C = x.shape
         w, heads, D = self.window_size, self.num_heads, self.head_dim

@@ -83,7 +83,12 @@ CORRECT = {
     ],
     "project_the_padded_windows": [(ATTENTION, PROJECT_WINDOWS)],
     "scale_the_queries": [(SCALE, "scores = (q / math.sqrt(D)) @ k.transpose(-2, -1)")],
-}
+    "einsum_and_softmax_by_hand": [
+        (SCALE, 'scores = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(D)'),
+        (SOFTMAX, "e = (scores - scores.amax(-1, keepdim=True)).exp()\n"
+                  "        attn = e / e.sum(-1, keepdim=True)"),
+    ],
+}  # fmt: skip
 
 
 def _run(edits, tmp_path, monkeypatch):
@@ -156,6 +161,18 @@ def test_window_attention_ignores_what_lies_outside_the_window():
     with torch.no_grad():
         diff = (attn(changed) - attn(x)).abs().amax(-1)[0]  # (H, W)
     assert (diff[6:, 3:] > 1e-3).all() and diff[:6].max() == 0 and diff[:, :3].max() == 0
+
+
+def test_window_attention_refuses_bad_settings_and_token_lists_in_one_line():
+    for args, words in (((16, 3, 4), "divisible by num_heads"), ((16, 2, 0), "at least 1")):
+        with pytest.raises(ValueError, match=words) as error:
+            tu.WindowSelfAttention(*args)
+        assert "\n" not in str(error.value)
+    attn = tu.WindowSelfAttention(16, 2, 4)
+    for x in (torch.randn(2, 64, 16), torch.randn(2, 8, 8, 12)):  # a token list; wrong width
+        with pytest.raises(ValueError, match=r"reshape \(B, H \* W, C\) tokens") as error:
+            attn(x)
+        assert "\n" not in str(error.value)
 
 
 def test_grid_block_shapes_and_its_global_limit():
