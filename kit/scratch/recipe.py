@@ -292,8 +292,15 @@ def exercises_needed(cfg: ScratchConfig) -> list[str]:
     """The exercises of transformer_utils.py the preset's model is built from."""
     if cfg.model == "cnn":
         return ["conv2d"] if cfg.custom_conv else []
-    needed = ["layer_norm", "multi_head_attention", "patch_embedding", "encoder_layer"]
-    needed.append("vision_transformer")
+    if cfg.model == "simple_vit":
+        # the given GridTransformerBlock/SimpleViT: no encoder layer, no VisionTransformer
+        needed = ["layer_norm", "patch_embedding", "window_attention"]
+        layers = cfg.global_layers
+        if layers is None or layers:  # null = ViTDet's global blocks, always at least one
+            needed.append("multi_head_attention")
+    else:
+        needed = ["layer_norm", "multi_head_attention", "patch_embedding", "encoder_layer"]
+        needed.append("vision_transformer")
     if cfg.pos_embedding != "none":
         needed.append("positional_encoding")
     if cfg.model == "diff_vit":
