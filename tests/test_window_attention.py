@@ -24,7 +24,7 @@ from kit.config import load_preset
 from kit.errors import UserError
 from kit.scratch.datasets import IMAGE_SHAPE
 from kit.scratch.models import ScratchSimpleViT
-from kit.scratch.recipe import ScratchConfig, build_checked_model, build_model
+from kit.scratch.recipe import ScratchConfig, build_checked_model, build_model, exercises_needed
 
 ATTENTION = (
     "        q, pad_hw = windows_of_heads(self.q_proj(x))  # (B', heads, N, D)\n"
@@ -246,6 +246,15 @@ def test_an_unwritten_window_attention_stops_a_simple_vit_run_in_one_line(monkey
                         embed_dim=16, num_heads=2, window_size=2)  # fmt: skip
     with pytest.raises(UserError, match=r"WindowSelfAttention.forward .* \(exercise 1.12\)"):
         build_checked_model(cfg)
+
+
+def test_a_simple_vit_needs_window_attention_and_not_the_vit_exercises():
+    cfg = ScratchConfig(model="simple_vit", pos_embedding="none")
+    assert sorted(exercises_needed(cfg)) == [
+        "layer_norm", "multi_head_attention", "patch_embedding", "window_attention"]  # fmt: skip
+    only_windows = dataclasses.replace(cfg, global_layers=[], pos_embedding="sinusoidal")
+    assert sorted(exercises_needed(only_windows)) == [
+        "layer_norm", "patch_embedding", "positional_encoding", "window_attention"]  # fmt: skip
 
 
 def test_the_simplevit_presets_build_their_models():
