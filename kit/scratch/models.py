@@ -149,12 +149,16 @@ class ScratchViT(nn.Module):
     def learned_position_embeddings(self) -> torch.Tensor | None:
         """The learned position embedding of every patch, (grid, grid, E); None when the
         positions are not learned (``none``, ``sinusoidal``)."""
-        pe, g = self.vit.pos_embed, self.patch_grid
-        if isinstance(pe, tu.LearnedPositionalEncoding1D):
-            return pe.pos_embedding.detach().reshape(g, g, -1)
-        if isinstance(pe, tu.LearnedPositionalEncoding2D):
-            return (pe.row_embedding[:, None, :] + pe.col_embedding[None, :, :]).detach()
-        return None
+        return _learned_positions(self.vit.pos_embed, self.patch_grid)
+
+
+def _learned_positions(pe: nn.Module | None, g: int) -> torch.Tensor | None:
+    """The learned position embedding of each patch of a g x g grid, (g, g, E), or None."""
+    if isinstance(pe, tu.LearnedPositionalEncoding1D):
+        return pe.pos_embedding.detach().reshape(g, g, -1)
+    if isinstance(pe, tu.LearnedPositionalEncoding2D):
+        return (pe.row_embedding[:, None, :] + pe.col_embedding[None, :, :]).detach()
+    return None
 
 
 class ScratchSimpleViT(nn.Module):
@@ -212,6 +216,10 @@ class ScratchSimpleViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) floats in [0, 1] -> logits (B, classes)."""
         return self.vit(self.normalize(x))
+
+    def learned_position_embeddings(self) -> torch.Tensor | None:
+        """As ``ScratchViT.learned_position_embeddings`` (report.py posemb draws them)."""
+        return _learned_positions(self.vit.pos_embed, self.patch_grid)
 
 
 class ScratchCNN(nn.Module):
