@@ -27,7 +27,7 @@ matrix of the step: batch x heads x (S^2)^2 for global, batch x heads x windows 
 the window (padding counted); the step keeps a few of these (scores, softmax for backward,
 its gradient); sdpa keeps none (0). (2) With ``--rss`` (the default, not with ``--tiny``):
 each side and size also runs alone in a fresh subprocess, which reports how much its peak
-resident set (``getrusage`` ru_maxrss, a high-water mark) grew during two steps beyond
+resident set (``VmHWM`` of /proc/self/status, a high-water mark) grew during two steps beyond
 what it held before them; allocator caching and page granularity make it approximate.
 Prints one JSON summary line last.
 """
@@ -131,7 +131,17 @@ def peak_rss_growth(name, size, args):
 
 
 def _max_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak resident set in MiB: /proc's VmHWM, the high-water mark of this
+    program's own memory. Not getrusage's ru_maxrss: Linux carries that across fork and exec,
+    so a child started by a parent holding 1 GiB already reports 1 GiB and grows by 0."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB (not /proc)
 
 
 def child(spec, args):
