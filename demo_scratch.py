@@ -1,4 +1,4 @@
-"""Question 4: train your own ViT, Diff-ViT and CNN from scratch, on real images.
+"""Question 4: train your own ViT, Diff-ViT, SimpleViT and CNN from scratch, on real images.
 
     python demo_scratch.py --exp_name scratch_smoke                 # a quick CPU check
     python demo_scratch.py --exp_name vit_fmnist_cpu --output_dir runs_scratch/vit_fmnist_cpu

@@ -158,6 +158,11 @@ class TestClass(unittest.TestCase):
     def test_vision_transformer(self):
         check_exercise(self, "vision_transformer")
 
+    @exercise(id="window_attention", number="1.12", points=3, visibility="visible",
+              name="WindowSelfAttention", data="window_attention.pkl", rtol=1e-3, atol=1e-5)  # fmt: skip
+    def test_window_attention(self):
+        check_exercise(self, "window_attention")
+
 
 if __name__ == "__main__":
     unittest.main()

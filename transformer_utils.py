@@ -841,3 +841,274 @@ class VisionTransformer(nn.Module):
             return logits, attentions
         return logits
         # END SOLUTION
+
+
+# ---------------------------------------------------------------------------
+# 1.12 Local-window self-attention (ViTDet: Li et al., 2022; CS771 HW2 3.2.1)
+# ---------------------------------------------------------------------------
+
+
+def window_partition(x, window_size):
+    """Cut a token grid into non-overlapping square windows, padding the grid first.
+
+    Inputs:
+    - x: (B, H, W, C) tokens on an H x W grid.
+    - window_size: w.
+
+    Returns:
+    - windows: (B * nH * nW, w, w, C) with nH = ceil(H / w) and nW = ceil(W / w). The grid
+      is padded with zeros at the bottom and at the right to (Hp, Wp) = (nH * w, nW * w),
+      then cut into windows, listed image by image and, within an image, window row by
+      window row (left to right, then top to bottom); inside a window, tokens keep their
+      grid layout (w rows of w tokens).
+    - pad_hw: (Hp, Wp), the padded grid size.
+
+    Hint: F.pad pads the LAST dim first: F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) pads C by
+    nothing, W at the right and H at the bottom. Then view the padded grid as
+    (B, nH, w, nW, w, C) and permute it to (B, nH, nW, w, w, C) before the final reshape:
+    a reshape alone would cut windows across rows of the grid.
+    """
+    # BEGIN SOLUTION window_attention
+    B, H, W, C = x.shape
+    w = window_size
+    pad_h, pad_w = (-H) % w, (-W) % w
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C), zeros at the bottom/right
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.view(B, Hp // w, w, Wp // w, w, C)  # (B, nH, w, nW, w, C)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, w, w, C)  # (B*nH*nW, w, w, C)
+    return windows, (Hp, Wp)
+    # END SOLUTION
+
+
+def window_unpartition(windows, window_size, pad_hw, hw):
+    """Put windows back on the grid and crop the padding: the inverse of window_partition.
+
+    Inputs:
+    - windows: (B * nH * nW, w, w, C), ordered as window_partition returns them.
+    - window_size: w.
+    - pad_hw: (Hp, Wp), the padded grid size (nH = Hp / w, nW = Wp / w).
+    - hw: (H, W), the grid size before padding.
+
+    Returns:
+    - x: (B, H, W, C).
+
+    Hint: window_partition's view and permute in reverse, (B, nH, nW, w, w, C) ->
+    (B, nH, w, nW, w, C) -> (B, Hp, Wp, C), then keep the first H rows and W columns.
+    """
+    # BEGIN SOLUTION window_attention
+    (Hp, Wp), (H, W), w = pad_hw, hw, window_size
+    B = windows.shape[0] // ((Hp // w) * (Wp // w))
+    x = windows.view(B, Hp // w, Wp // w, w, w, -1)  # (B, nH, nW, w, w, C)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)  # (B, Hp, Wp, C)
+    return x[:, :H, :W]  # (B, H, W, C), padding cropped
+    # END SOLUTION
+
+
+class WindowSelfAttention(nn.Module):
+    """Multi-head self-attention inside non-overlapping windows of a token grid.
+
+    Each token attends only to the tokens of its own window_size x window_size window
+    (ViTDet's local attention): for N = H * W tokens of C channels that costs O(w^2 N C)
+    instead of the O(N^2 C) of global attention, and the attention weights of a window are
+    (w^2 x w^2), never (N x N). A grid that is not a multiple of the window is padded at the
+    bottom and at the right (window_partition); padded positions are never attended to (their
+    scores are masked), so the output does not depend on the padding, and a window at least
+    as large as the grid gives exactly MultiHeadAttention over the H * W tokens (row-major)
+    with the same weights.
+
+    Same parameters as MultiHeadAttention: q_proj, k_proj, v_proj, out_proj (with biases).
+    """
+
+    def __init__(self, embed_dim, num_heads, window_size):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}; change one"
+            )
+        if window_size < 1:
+            raise ValueError(f"window_size {window_size} must be at least 1 (tokens per side)")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.window_size = window_size
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x):
+        """Inputs:
+        - x: (B, H, W, C) tokens on an H x W grid, C = embed_dim.
+
+        Returns:
+        - out: (B, H, W, C), after the output projection.
+
+        Hint: project x to q, k and v (B, H, W, C); window_partition each into (B', w, w, C),
+        B' = B * nH * nW windows; flatten a window to its N = w * w tokens and split the
+        heads, (B', N, C) -> (B', N, heads, D) -> (B', heads, N, D) with D = C / heads. The
+        scores (B', heads, N, N) are scaled by sqrt(D). To find the padded keys, partition a
+        (1, H, W, 1) tensor of ones the same way: padding becomes 0, (nH * nW, N); set the
+        scores of those keys to -inf before the softmax over the keys. Merge the heads back to
+        (B', w, w, C), window_unpartition, then out_proj.
+        """
+        if x.dim() != 4 or x.shape[-1] != self.embed_dim:
+            # (B, N, C) token lists are the usual slip: the windows need the grid layout
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; give tokens on their grid, (B, H, W, "
+                f"{self.embed_dim}): reshape (B, H * W, C) tokens to (B, H, W, C) first"
+            )
+        # BEGIN SOLUTION window_attention
+        B, H, W, C = x.shape
+        w, heads, D = self.window_size, self.num_heads, self.head_dim
+        N = w * w  # tokens per window
+
+        def windows_of_heads(t):  # (B, H, W, C) -> (B', heads, N, D), B' = B * nH * nW
+            windows, pad_hw = window_partition(t, w)  # (B', w, w, C)
+            return windows.view(-1, N, heads, D).transpose(1, 2), pad_hw
+
+        # Projecting before padding spends nothing on the padded positions.
+        q, pad_hw = windows_of_heads(self.q_proj(x))  # (B', heads, N, D)
+        k, _ = windows_of_heads(self.k_proj(x))  # (B', heads, N, D)
+        v, _ = windows_of_heads(self.v_proj(x))  # (B', heads, N, D)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B', heads, N, N)
+        if pad_hw != (H, W):
+            # Padded keys get no weight: the same windows of a grid of ones (padding = 0).
+            real = window_partition(x.new_ones(1, H, W, 1), w)[0].view(1, -1, 1, 1, N) > 0
+            scores = scores.view(B, -1, heads, N, N)  # (B, nH*nW, heads, N, N)
+            scores = scores.masked_fill(~real, float("-inf")).view(-1, heads, N, N)
+        attn = scores.softmax(dim=-1)  # (B', heads, N, N); every window has a real token
+        out = (attn @ v).transpose(1, 2).reshape(-1, w, w, C)  # (B', w, w, C), heads merged
+        out = window_unpartition(out, w, pad_hw, (H, W))  # (B, H, W, C)
+        return self.out_proj(out)  # (B, H, W, C)
+        # END SOLUTION
+
+
+# ---------------------------------------------------------------------------
+# Given: a transformer block over a token grid, and SimpleViT (CS771 HW2 3.2.2)
+# ---------------------------------------------------------------------------
+
+
+class GridTransformerBlock(nn.Module):
+    """Pre-LN block over a token grid: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    The attention is local, WindowSelfAttention (1.12), when ``window_size`` is set, and
+    global, MultiHeadAttention (1.3) over all H * W tokens, when it is None. With a window at
+    least as large as the grid the two give the same output for the same weights.
+    """
+
+    def __init__(self, embed_dim, num_heads, mlp_ratio=4.0, window_size=None, dropout=0.0):
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = LayerNorm(embed_dim)
+        if window_size is None:
+            self.attn = MultiHeadAttention(embed_dim, num_heads, dropout)
+        else:
+            self.attn = WindowSelfAttention(embed_dim, num_heads, window_size)
+        self.dropout = nn.Dropout(dropout)  # on the attention branch
+        self.norm2 = LayerNorm(embed_dim)
+        self.mlp = _mlp(embed_dim, mlp_ratio, dropout)
+
+    def forward(self, x):
+        """Inputs:
+        - x: (B, H, W, C) tokens on an H x W grid.
+
+        Returns:
+        - out: (B, H, W, C).
+        """
+        h = self.norm1(x)  # (B, H, W, C)
+        if self.window_size is None:
+            B, H, W, C = h.shape
+            tokens = h.reshape(B, H * W, C)  # (B, N, C), row-major
+            h = self.attn(tokens, tokens, tokens).view(B, H, W, C)  # (B, H, W, C)
+        else:
+            h = self.attn(h)  # (B, H, W, C)
+        x = x + self.dropout(h)  # (B, H, W, C)
+        return x + self.mlp(self.norm2(x))  # (B, H, W, C)
+
+
+def vitdet_global_layers(depth):
+    """The blocks that attend globally in a ViTDet-style stack: every third one, counted
+    back from the last (depth 12: 2, 5, 8, 11, as ViTDet-B; depth 6: 2, 5; depth 4: 0, 3),
+    so that the last block always sees the whole image."""
+    return sorted(range(depth - 1, -1, -3))
+
+
+class SimpleViT(nn.Module):
+    """A plain ViT that keeps its tokens on the patch grid and mixes local and global attention.
+
+    Patch embedding (1.5) -> position encoding of the patches (1.4) -> ``depth`` blocks
+    (GridTransformerBlock) that attend inside window_size x window_size windows (1.12), except
+    the ``global_layers``, which attend over the whole grid (1.3), as in ViTDet -> final
+    LayerNorm -> mean of all the tokens -> linear head. No CLS token: the windows tile the grid,
+    and the mean of the tokens classifies as well (Beyer et al., 2022, "Better plain ViT
+    baselines for ImageNet-1k", whose SimpleViT also uses fixed 2D sin-cos positions).
+
+    This is one design (CS771 asks you to design your own): try other depths, widths, windows,
+    global layers and position encodings, and compare them in Question 4.
+    """
+
+    def __init__(
+        self,
+        img_size=32,
+        patch_size=4,
+        in_channels=3,
+        num_classes=10,
+        embed_dim=64,
+        depth=6,
+        num_heads=4,
+        mlp_ratio=2.0,
+        window_size=4,
+        global_layers=None,
+        pos_embedding="sinusoidal",
+        dropout=0.0,
+    ):
+        super().__init__()
+        if pos_embedding not in POS_EMBEDDINGS:
+            raise ValueError(
+                f"pos_embedding={pos_embedding!r} is unknown; use one of {POS_EMBEDDINGS}"
+            )
+        if global_layers is None:
+            global_layers = vitdet_global_layers(depth)
+        self.global_layers = sorted(set(global_layers))
+        if any(not 0 <= i < depth for i in self.global_layers):
+            raise ValueError(
+                f"global_layers={list(global_layers)} must count blocks 0..{depth - 1}"
+            )
+        self.patch_embed = PatchEmbedding(img_size, patch_size, in_channels, embed_dim)
+        self.grid_size = grid = self.patch_embed.grid_size
+        self.pos_embed = {
+            "learned1d": lambda: LearnedPositionalEncoding1D(grid * grid, embed_dim),
+            "learned2d": lambda: LearnedPositionalEncoding2D(grid, grid, embed_dim),
+            "sinusoidal": lambda: SinusoidalPositionalEncoding2D(grid, grid),
+            "none": lambda: None,
+        }[pos_embedding]()
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            GridTransformerBlock(
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                None if i in self.global_layers else window_size,
+                dropout,
+            )
+            for i in range(depth)
+        )
+        self.norm = LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, x):
+        """Inputs:
+        - x: (B, C, H, W) images, H = W = img_size.
+
+        Returns:
+        - logits: (B, num_classes).
+        """
+        tokens = self.patch_embed(x)  # (B, N, E), N = grid * grid, row-major
+        if self.pos_embed is not None:
+            tokens = self.pos_embed(tokens)  # (B, N, E), each patch told its place
+        B, N, E = tokens.shape
+        grid = self.dropout(tokens).view(B, self.grid_size, self.grid_size, E)  # (B, g, g, E)
+        for block in self.blocks:
+            grid = block(grid)  # (B, g, g, E)
+        pooled = self.norm(grid).mean(dim=(1, 2))  # (B, E), the mean of all the tokens
+        return self.head(pooled)  # (B, num_classes)

@@ -12,7 +12,8 @@
 # H100. Logs (and each benchmark's JSON line) go to LOG_DIR (default gpu-checks/, or $OUT on
 # the course's device machine).
 #
-#   bash benchmarks/run_gpu_checks.sh speed      # ViT step (eager + compile), PixMo pipeline
+#   bash benchmarks/run_gpu_checks.sh speed      # ViT step (eager + compile), PixMo pipeline,
+#                                                # window vs global attention (grids to 128x128)
 #   bash benchmarks/run_gpu_checks.sh flower     # vit_vpt_deep pipeline, 100 epochs vs original
 #   bash benchmarks/run_gpu_checks.sh accuracy   # pixmo_demo vs pixmo_point on synthetic data
 #   bash benchmarks/run_gpu_checks.sh all        # the three in turn (about 25 minutes)
@@ -51,6 +52,7 @@ speed() {
   # Our side again with CUDA graphs (fewer kernel launches at batch 16).
   run pixmo_pipeline_graphs "$PYTHON" -m benchmarks.bench_pixmo_pipeline --only ours \
     --compile --compile_mode reduce-overhead
+  run window_attention "$PYTHON" -m benchmarks.bench_window_attention
 }
 
 flower() {

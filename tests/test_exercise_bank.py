@@ -732,12 +732,12 @@ def test_handout_commands_run_in_exercise_order_and_end_with_the_summary(command
     last = result.stdout.strip().splitlines()[-1]
     if command[2] == "test_functions.TestClass.test_layer_norm":
         assert "OK" in result.stderr and last == (
-            "graded exercises passed 1/2, practice passed 0/9 (10 not run)"
+            "graded exercises passed 1/2, practice passed 0/10 (11 not run)"
         )
         return
     names = re.findall(r"(?:^|::)(test_\w+)(?: \(test_functions| PASSED)", output, re.M)
     assert _in_exercise_order(names), names
-    assert SUMMARY.match(last).groups() == ("2", "2", "9", "9"), last
+    assert SUMMARY.match(last).groups() == ("2", "2", "10", "10"), last
 
 
 def _run_unittest(name, tmp_path, monkeypatch):
@@ -757,7 +757,7 @@ def test_unittest_runs_the_exercises_in_order_and_counts_them(tmp_path, monkeypa
     output, last = _run_unittest("test_functions", tmp_path, monkeypatch)
     names = re.findall(r"(?:^|::)(test_\w+)(?: \(test_functions| PASSED)", output, re.M)
     assert _in_exercise_order(names), names
-    assert SUMMARY.match(last).groups() == ("2", "2", "9", "9"), last
+    assert SUMMARY.match(last).groups() == ("2", "2", "10", "10"), last
 
 
 def test_one_unittest_counts_the_others_as_not_run(tmp_path, monkeypatch):
@@ -766,7 +766,7 @@ def test_one_unittest_counts_the_others_as_not_run(tmp_path, monkeypatch):
     output, last = _run_unittest(name, tmp_path, monkeypatch)
     assert "test_layer_norm (test_functions.TestClass.test_layer_norm) ... ok" in output
     assert output.count(" ... ") == 1, output
-    assert last == "graded exercises passed 1/2, practice passed 0/9 (10 not run)"
+    assert last == "graded exercises passed 1/2, practice passed 0/10 (11 not run)"
 
 
 def test_the_summary_is_registered_to_print_at_exit(monkeypatch, capsys):
@@ -781,7 +781,7 @@ def test_the_summary_is_registered_to_print_at_exit(monkeypatch, capsys):
     assert registered == [harness._print_summary]
     registered[0]()
     assert capsys.readouterr().out == (
-        "graded exercises passed 1/2, practice passed 0/9 (9 not run)\n"
+        "graded exercises passed 1/2, practice passed 0/10 (10 not run)\n"
     )
 
 
@@ -814,7 +814,7 @@ def test_the_summary_counts_from_the_data_in_a_student_release(tmp_path, monkeyp
     monkeypatch.setattr(harness, "DATA_DIR", str(tmp_path / "test_data"))
     outcomes = {"self_attention": True, "layer_norm": False, "conv2d": True}
     line = harness.summary_line(outcomes)
-    assert line == "graded exercises passed 1/2, practice passed 1/9 (8 not run)"
+    assert line == "graded exercises passed 1/2, practice passed 1/10 (9 not run)"
     monkeypatch.setattr(harness, "DATA_DIR", str(ROOT / "test_data"))
     assert (
         harness.summary_line(outcomes) == line

@@ -495,6 +495,11 @@ def test_question_4_runs_by_the_contract(fake_q4, tmp_path):
         posemb.learned_position_embeddings(fake_q4("sin", pos_embedding="sinusoidal"))
     with pytest.raises(UserError, match="not a transformer"):
         attention.attention_maps(fake_q4("cnn", model="cnn"))
+    simple = fake_q4("svit", model="simple_vit")  # learned positions, but no CLS token
+    assert torch.equal(posemb.learned_position_embeddings(simple)["embeddings"], pe)
+    with pytest.raises(UserError, match="no CLS token") as error:
+        attention.attention_maps(simple)
+    assert "\n" not in str(error.value)
 
     rows = ablation.ablation_rows(
         [finished_runs.read_run(vit)], finished_runs.read_run(fake_q4("base", epochs=1))

@@ -146,17 +146,21 @@ def check_preset_builds_its_model(name):
     model = build_model(cfg, channels, side, len(CLASS_NAMES[cfg.dataset]))
     if cfg.model == "diff_vit":
         assert isinstance(model.vit.blocks[0].attn, tu.DifferentialAttention), name
+    if cfg.model == "simple_vit":  # some blocks attend inside windows, some globally
+        kinds = {type(b.attn) for b in model.vit.blocks}
+        assert kinds == {tu.WindowSelfAttention, tu.MultiHeadAttention}, name
     return cfg
 
 
 def test_one_scratch_preset_of_each_model_family_loads_and_builds_its_model():
-    """The first preset of each model (vit, diff_vit, cnn); the slow tier builds every one."""
+    """The first preset of each model (vit, diff_vit, simple_vit, cnn); the slow tier builds
+    every one."""
     names = scratch_presets()
     assert {"vit_fmnist_cpu", "diffvit_fmnist_cpu", "cnn_fmnist_cpu", "scratch_smoke"} <= set(names)
     first = {}
     for name, overrides in names.items():
         first.setdefault((overrides or {}).get("model", ScratchConfig().model), name)
-    assert set(first) == {"vit", "diff_vit", "cnn"}
+    assert set(first) == {"vit", "diff_vit", "simple_vit", "cnn"}
     for model, name in first.items():
         assert check_preset_builds_its_model(name).model == model
 

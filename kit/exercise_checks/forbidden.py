@@ -61,6 +61,10 @@ FORBIDDEN = {
         "aten": _ATTENTION_OPS + _NORM_OPS,
     },
     "conv2d": {"functions": ("conv2d", "conv_transpose2d"), "aten": _CONV_OPS},
+    "window_attention": {
+        "functions": ("scaled_dot_product_attention", "multi_head_attention_forward"),
+        "aten": _ATTENTION_OPS,
+    },
 }
 NO_RULES = {"functions": (), "aten": ()}
 

@@ -139,6 +139,20 @@ def run_vision_transformer(tu, case):
     return {"logits": logits, "attention": torch.stack(list(attentions))}  # (L, B, H, T, T)
 
 
+def run_window_attention(tu, case):
+    x, w = case["x"], case["window_size"]  # x (B, H, W, C)
+    H, W = x.shape[1:3]
+    pad_hw = (-(-H // w) * w, -(-W // w) * w)  # each part is run on its own inputs
+    attn = tu.WindowSelfAttention(case["embed_dim"], case["num_heads"], w)
+    attn = _load(attn, case["state_dict"])
+    with torch.no_grad():
+        return {
+            "window_partition": tu.window_partition(x, w)[0],
+            "window_unpartition": tu.window_unpartition(case["windows"], w, pad_hw, (H, W)),
+            "WindowSelfAttention": attn(x),
+        }
+
+
 RUNNERS = {
     "self_attention": run_self_attention,
     "layer_norm": run_layer_norm,
@@ -151,4 +165,5 @@ RUNNERS = {
     "conv2d": run_conv2d,
     "attention_rollout": run_attention_rollout,
     "vision_transformer": run_vision_transformer,
+    "window_attention": run_window_attention,
 }

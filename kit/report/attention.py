@@ -46,6 +46,11 @@ def load_vit(run, data_dir: str | None = None, check: bool | None = True) -> Vit
     trained = load_trained_model(run, data_dir, check=check)
     model, cfg = trained.model, trained.cfg
     if run.kind == "scratch":
+        if cfg.model == "simple_vit":
+            raise UserError(
+                f"{run.path} trained a simple_vit, which has no CLS token to draw the attention "
+                "of; give a vit or diff_vit run"
+            )
         if cfg.model not in ("vit", "diff_vit"):
             raise UserError(
                 f"{run.path} trained a '{cfg.model}', not a transformer; give a vit or diff_vit run"

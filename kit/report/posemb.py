@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kit.errors import UserError
-from kit.finished_runs import read_run
+from kit.finished_runs import load_trained_model, read_run
 from kit.report.attention import load_vit
 from kit.report.common import pyplot, save_figure, wrap_title
 
@@ -30,10 +30,15 @@ def learned_position_embeddings(run_dir: str | Path, data_dir: str | None = None
                 f"{run.path} uses pos_embedding '{kind}', {why[kind]}; give a run with "
                 "learned1d or learned2d"
             )
-    vit = load_vit(run, data_dir, check=None)
+    if run.kind == "scratch" and run.config.get("model") == "simple_vit":
+        # no CLS token, so no attention figure (load_vit refuses it), but learned positions
+        trained = load_trained_model(run, data_dir, check=None)
+    else:
+        vit = load_vit(run, data_dir, check=None)
+        trained = vit.trained
     with torch.no_grad():
         if run.kind == "scratch":
-            pe = vit.trained.model.learned_position_embeddings()
+            pe = trained.model.learned_position_embeddings()
             if pe is None:
                 raise UserError(f"{run.path}: its model has no learned position embeddings")
             note = f"pos_embedding: {run.config.get('pos_embedding')}, learned in this run"
@@ -55,7 +60,7 @@ def learned_position_embeddings(run_dir: str | Path, data_dir: str | None = None
         g = pe.shape[0]
         flat = F.normalize(pe.reshape(g * g, -1).float(), dim=1)
         similarity = (flat @ flat.T).reshape(g, g, g, g)
-    return dict(embeddings=pe, similarity=similarity, run=run, note=note + f"; {vit.trained.note}")
+    return dict(embeddings=pe, similarity=similarity, run=run, note=note + f"; {trained.note}")
 
 
 def posemb_figsize(grid: int) -> tuple[float, float]:

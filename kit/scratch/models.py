@@ -4,6 +4,10 @@
   encoding, CLS token, pre-LN encoder layers, head: exercises 1.2-1.6 and 1.11), with its
   multi-head attention (1.3) or, for Diff-ViT, ``DifferentialAttention`` (1.8) in every
   layer, lambda_init set by the layer's depth (``lambda_init_fn``).
+- ``ScratchSimpleViT``: ``transformer_utils.SimpleViT`` (CS771's SimpleViT): your patch
+  embedding, positions and LayerNorm, blocks that attend inside windows of the patch grid
+  (``WindowSelfAttention``, 1.12) with a few global ones (``MultiHeadAttention``, 1.3), and a
+  head on the mean of the tokens.
 - ``ScratchCNN``: conv-BatchNorm-ReLU stages with max pooling, whose convolutions are your
   ``CustomConv2d`` (1.9) or ``nn.Conv2d``.
 
@@ -145,12 +149,77 @@ class ScratchViT(nn.Module):
     def learned_position_embeddings(self) -> torch.Tensor | None:
         """The learned position embedding of every patch, (grid, grid, E); None when the
         positions are not learned (``none``, ``sinusoidal``)."""
-        pe, g = self.vit.pos_embed, self.patch_grid
-        if isinstance(pe, tu.LearnedPositionalEncoding1D):
-            return pe.pos_embedding.detach().reshape(g, g, -1)
-        if isinstance(pe, tu.LearnedPositionalEncoding2D):
-            return (pe.row_embedding[:, None, :] + pe.col_embedding[None, :, :]).detach()
-        return None
+        return _learned_positions(self.vit.pos_embed, self.patch_grid)
+
+
+def _learned_positions(pe: nn.Module | None, g: int) -> torch.Tensor | None:
+    """The learned position embedding of each patch of a g x g grid, (g, g, E), or None."""
+    if isinstance(pe, tu.LearnedPositionalEncoding1D):
+        return pe.pos_embedding.detach().reshape(g, g, -1)
+    if isinstance(pe, tu.LearnedPositionalEncoding2D):
+        return (pe.row_embedding[:, None, :] + pe.col_embedding[None, :, :]).detach()
+    return None
+
+
+class ScratchSimpleViT(nn.Module):
+    """``transformer_utils.SimpleViT`` for small images, normalising them itself.
+
+    Args:
+        image_size, in_channels, num_classes: of the dataset (e.g. 28, 1, 10).
+        patch_size, embed_dim, depth, num_heads, mlp_ratio, dropout, pos_embedding: as for
+            ``ScratchViT``; the tokens stay on the (image_size / patch_size)^2 patch grid.
+        window_size: the blocks attend inside window_size x window_size windows of the grid
+            (padded at the bottom/right when the grid is not a multiple of it) ...
+        global_layers: ... except these blocks (indices from 0), which attend over the whole
+            grid; None = every third block counted back from the last (ViTDet).
+        mean, std: per-channel normalisation applied inside ``forward``.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        num_classes: int,
+        *,
+        patch_size: int = 4,
+        embed_dim: int = 64,
+        depth: int = 6,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        window_size: int = 4,
+        global_layers: Sequence[int] | None = None,
+        pos_embedding: str = "sinusoidal",
+        dropout: float = 0.0,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+    ):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.vit = tu.SimpleViT(
+            img_size=image_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            window_size=window_size,
+            global_layers=global_layers,
+            pos_embedding=pos_embedding,
+            dropout=dropout,
+        )
+        for module in self.vit.modules():
+            _vit_init(module)
+        self.patch_grid = self.vit.grid_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) floats in [0, 1] -> logits (B, classes)."""
+        return self.vit(self.normalize(x))
+
+    def learned_position_embeddings(self) -> torch.Tensor | None:
+        """As ``ScratchViT.learned_position_embeddings`` (report.py posemb draws them)."""
+        return _learned_positions(self.vit.pos_embed, self.patch_grid)
 
 
 class ScratchCNN(nn.Module):

@@ -6,8 +6,9 @@
 - ``scratch_data_dir`` / ``load_splits`` / ``load_split``: Fashion-MNIST, MNIST or CIFAR-10
   (``kit.scratch.datasets``), the validation images a fixed seeded part of the training files.
 - ``batch_sources``: uint8 images on the device, crop/flip/erasing per batch.
-- ``build_model`` / ``build_checked_model``: a ViT, Diff-ViT or CNN built from the student's
-  layers (``kit.scratch.models``); ``load_run_model``: the same with a finished run's weights.
+- ``build_model`` / ``build_checked_model``: a ViT, Diff-ViT, SimpleViT or CNN built from the
+  student's layers (``kit.scratch.models``); ``load_run_model``: the same with a finished run's
+  weights.
 - ``make_loss``, ``write_summary``: label smoothing, and the run's summary.json.
 """
 
@@ -31,7 +32,7 @@ from kit.distributed import DistContext
 from kit.errors import UserError
 from kit.runs import BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, atomic_write_text
 from kit.scratch import datasets, synthetic_cifar
-from kit.scratch.models import ScratchCNN, ScratchViT, unwritten_exercises
+from kit.scratch.models import ScratchCNN, ScratchSimpleViT, ScratchViT, unwritten_exercises
 from kit.trainer import TrainConfig, Trainer, load_trainable_state
 
 SYNTHETIC_CIFAR_DIR = "synthetic-data/cifar-10-batches-py"  # at the real size; smaller: -<N>
@@ -52,6 +53,7 @@ DEFAULT_DATA_DIRS = {
 }
 PREDICTIONS_FILE = "test_predictions.txt"
 SUMMARY_FILE = "summary.json"
+MODELS = ("vit", "diff_vit", "simple_vit", "cnn")  # ScratchConfig.model
 
 
 @dataclass
@@ -68,7 +70,7 @@ class ScratchConfig(TrainConfig):
     max_train_images: int = 0  # 0 = all the rest; quick runs use fewer
     synthetic_per_file: int = 10_000  # images per file of a synthetic CIFAR-10 (real: 10000)
     # model
-    model: Literal["vit", "diff_vit", "cnn"] = "vit"
+    model: Literal["vit", "diff_vit", "simple_vit", "cnn"] = "vit"
     patch_size: int = 4
     depth: int = 6
     embed_dim: int = 256
@@ -77,6 +79,11 @@ class ScratchConfig(TrainConfig):
     dropout: float = 0.1
     pos_embedding: Literal["none", "learned1d", "learned2d", "sinusoidal"] = "learned1d"
     pool: Literal["cls", "mean"] = "cls"  # ViT head: the CLS token, or the patch tokens' mean
+    # simple_vit: its blocks attend inside window_size x window_size windows of the patch grid,
+    # except global_layers (block indices from 0), which attend over the whole grid; null =
+    # every third block counted back from the last, as ViTDet (depth 4: 0 and 3)
+    window_size: int = 4
+    global_layers: list[int] | None = None
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # one per stage
     cnn_convs_per_stage: int = 2
     cnn_hidden: int = 256
@@ -230,6 +237,8 @@ def build_model(
             f"({'2 x ' if cfg.model == 'diff_vit' else ''}num_heads) and, with sinusoidal "
             "positions, by 4; change embed_dim or num_heads"
         )
+    if cfg.model == "simple_vit":
+        return _simple_vit(cfg, in_channels, image_size, num_classes, mean, std)
     return ScratchViT(
         image_size,
         in_channels,
@@ -248,6 +257,33 @@ def build_model(
     )
 
 
+def _simple_vit(cfg: ScratchConfig, in_channels, image_size, num_classes, mean, std):
+    """``ScratchSimpleViT`` after the checks of its own settings (one line each)."""
+    if cfg.window_size < 1:
+        raise UserError(f"window_size {cfg.window_size} must be at least 1 (patches per side)")
+    layers = cfg.global_layers or []
+    if any(not 0 <= i < cfg.depth for i in layers):
+        raise UserError(
+            f"global_layers {layers} must number blocks 0 to {cfg.depth - 1} (depth {cfg.depth})"
+        )
+    return ScratchSimpleViT(
+        image_size,
+        in_channels,
+        num_classes,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        window_size=cfg.window_size,
+        global_layers=cfg.global_layers,
+        pos_embedding=cfg.pos_embedding,
+        dropout=cfg.dropout,
+        mean=mean,
+        std=std,
+    )
+
+
 def _not_implemented(err: NotImplementedError) -> UserError:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return UserError(f"the {first}")
@@ -257,8 +293,15 @@ def exercises_needed(cfg: ScratchConfig) -> list[str]:
     """The exercises of transformer_utils.py the preset's model is built from."""
     if cfg.model == "cnn":
         return ["conv2d"] if cfg.custom_conv else []
-    needed = ["layer_norm", "multi_head_attention", "patch_embedding", "encoder_layer"]
-    needed.append("vision_transformer")
+    if cfg.model == "simple_vit":
+        # the given GridTransformerBlock/SimpleViT: no encoder layer, no VisionTransformer
+        needed = ["layer_norm", "patch_embedding", "window_attention"]
+        layers = cfg.global_layers
+        if layers is None or layers:  # null = ViTDet's global blocks, always at least one
+            needed.append("multi_head_attention")
+    else:
+        needed = ["layer_norm", "multi_head_attention", "patch_embedding", "encoder_layer"]
+        needed.append("vision_transformer")
     if cfg.pos_embedding != "none":
         needed.append("positional_encoding")
     if cfg.model == "diff_vit":
@@ -312,7 +355,7 @@ def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[ScratchCon
         saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
     except (OSError, yaml.YAMLError):
         saved = None
-    if not isinstance(saved, dict) or saved.get("model") not in ("vit", "diff_vit", "cnn"):
+    if not isinstance(saved, dict) or saved.get("model") not in MODELS:
         raise UserError(f"{run_dir} is not a Question 4 run (no demo_scratch.py config.yaml)")
     known = {f.name for f in dataclasses.fields(ScratchConfig)}
     try:

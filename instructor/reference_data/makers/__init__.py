@@ -17,6 +17,7 @@ from .embeddings import make_patch_embedding, make_positional_encoding
 from .layer_norm import make_layer_norm
 from .transformer_layers import make_decoder_layer, make_encoder_layer
 from .vision_transformer import make_attention_rollout, make_vision_transformer
+from .window_attention import make_window_attention
 
 MAKERS = {
     "self_attention": make_self_attention,
@@ -30,4 +31,5 @@ MAKERS = {
     "conv2d": make_conv2d,
     "attention_rollout": make_attention_rollout,
     "vision_transformer": make_vision_transformer,
+    "window_attention": make_window_attention,
 }
