@@ -27,13 +27,18 @@ import yaml
 from kit.errors import UserError
 from kit.runs import CONFIG_FILE, LOG_FILE
 
-SUMMARY_FILE = "summary.json"  # Question 4's end-of-run summary
+SUMMARY_FILE = "summary.json"  # Question 4's and 5's end-of-run summary
 KIND_NAMES = {
     "flower": "a flower run (Question 2, demo_flower.py)",
     "pixmo": "a PixMo run (Question 3, demo_pixmo.py)",
     "scratch": "a Question 4 run (demo_scratch.py)",
+    "caption": "a captioning run (Question 5, demo_caption.py)",
 }
-NOT_IN_KIT = {"scratch": "Question 4 (demo_scratch.py) is not in this kit"}
+NOT_IN_KIT = {
+    "scratch": "Question 4 (demo_scratch.py) is not in this kit",
+    "caption": "Question 5 (demo_caption.py) is not in this kit",
+}
+DEMOS = "demo_flower.py, demo_pixmo.py, demo_scratch.py or demo_caption.py"
 
 
 @dataclass
@@ -43,7 +48,7 @@ class Run:
     path: Path
     name: str
     config: dict
-    kind: str  # flower | pixmo | scratch
+    kind: str  # flower | pixmo | scratch | caption
 
     @property
     def log_text(self) -> str:
@@ -52,7 +57,7 @@ class Run:
 
     @property
     def summary(self) -> dict | None:
-        """Question 4's summary.json (None when absent or unreadable)."""
+        """Question 4's or 5's summary.json (None when absent or unreadable)."""
         try:
             data = json.loads((self.path / SUMMARY_FILE).read_text())
         except (OSError, ValueError):
@@ -77,6 +82,8 @@ def run_kind(config: dict) -> str | None:
         return "flower"
     if "tokens_side" in config:
         return "pixmo"
+    if "dataset" in config and "wordvec_dim" in config:
+        return "caption"
     if "dataset" in config and "patch_size" in config:
         return "scratch"
     return None
@@ -92,8 +99,7 @@ def read_run(path: str | Path) -> Run:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise UserError(
-            f"{path} is not a run folder (no {CONFIG_FILE}); give the --output_dir of a "
-            "demo_flower.py, demo_pixmo.py or demo_scratch.py run"
+            f"{path} is not a run folder (no {CONFIG_FILE}); give the --output_dir of a {DEMOS} run"
         )
     try:
         config = yaml.safe_load(config_path.read_text())
@@ -103,9 +109,7 @@ def read_run(path: str | Path) -> Run:
         raise UserError(f"{config_path} is not a YAML mapping of settings; was it edited by hand?")
     kind = run_kind(config)
     if kind is None:
-        raise UserError(
-            f"{config_path} was not written by demo_flower.py, demo_pixmo.py or demo_scratch.py"
-        )
+        raise UserError(f"{config_path} was not written by {DEMOS}")
     return Run(path, path.resolve().name, config, kind)
 
 
@@ -127,6 +131,17 @@ def scratch_recipe():
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("kit.scratch"):
             raise UserError(NOT_IN_KIT["scratch"]) from None
+        raise
+    return recipe
+
+
+def caption_recipe():
+    """Question 5's recipe, imported only when a captioning run is asked for."""
+    try:
+        from kit.caption import recipe
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("kit.caption"):
+            raise UserError(NOT_IN_KIT["caption"]) from None
         raise
     return recipe
 

@@ -29,11 +29,13 @@ from demo_in_process import (
 )
 
 import demo_caption
+import report
 import transformer_utils
 from kit.caption import coco, scenes, synthetic_coco
 from kit.caption.metrics import corpus_bleu, token_accuracy
 from kit.caption.recipe import load_run_model
 from kit.errors import UserError
+from kit.report import captions
 from kit.scratch.datasets import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,6 +346,27 @@ def test_a_run_of_another_demo_is_refused(tmp_path):
     (tmp_path / "config.yaml").write_text("model: vit\n")
     with pytest.raises(UserError, match="not a Question 5 run"):
         load_run_model(tmp_path)
+
+
+def test_report_draws_captions_curves_and_ablation_of_a_caption_run(straight, tmp_path, capsys):
+    run, _ = straight
+    examples = captions.caption_examples(str(run), 5)
+    lines = (run / "test_captions.txt").read_text().splitlines()[1:]
+    assert examples["generated"] == lines[:5] and examples["synthetic"]
+    assert examples["pictures"].shape == (5, 3, 64, 64)  # synthetic COCO keeps its drawings
+    assert all(len(t) == 1 and t[0].startswith("a ") for t in examples["truths"])
+    figure = tmp_path / "captions.png"
+    assert report.main(["captions", "--run", str(run), "--images", "3", "--out", str(figure)]) == 0
+    assert figure.stat().st_size > 10_000
+    assert report.main(["curves", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    capsys.readouterr()
+    assert report.main(["ablation", str(run), "--base", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"| {summary['test_token_accuracy']:.4f} (synthetic) |" in capsys.readouterr().out
+    (tmp_path / "q4").mkdir()
+    (tmp_path / "q4" / "config.yaml").write_text("dataset: cifar10\npatch_size: 4\n")
+    assert report.main(["captions", "--run", str(tmp_path / "q4"), "--out", str(figure)]) == 1
+    assert "give a captioning run" in capsys.readouterr().err
 
 
 def test_the_command_line_refuses_bad_input_in_one_line(command_line):

@@ -23,14 +23,17 @@ import transformer_utils as tu
 
 
 class SceneEncoder(nn.Module):
-    """uint8 scenes (N, 1, H, W) -> region features (N, S, dim).
+    """uint8 scenes (N, 1, side, side) -> region features (N, S, dim).
 
     conv 3x3 - BatchNorm - ReLU stages (a 2x2 max pool after each of the first two), then a
     ``patch`` x ``patch`` convolution with stride ``patch`` that cuts the feature map into
     S regions: on 56x56 scenes the map is 14x14 and patch 7 gives one region per 28x28 cell
-    (S = 4). The scene is normalised here with Fashion-MNIST's mean and std."""
+    (S = 4). Each region gets a learned position embedding: the decoder's cross-attention
+    treats its memory as a set, and the captions name the items in reading order. The
+    scene is normalised here with Fashion-MNIST's mean and std."""
 
-    def __init__(self, channels: Sequence[int], dim: int, patch: int = 7, mean=0.2860, std=0.3530):
+    def __init__(self, channels: Sequence[int], dim: int, side: int = 56, patch: int = 7,
+                 mean: float = 0.2860, std: float = 0.3530):  # fmt: skip
         super().__init__()
         layers, c = [], 1
         for i, out in enumerate(channels):
@@ -40,12 +43,15 @@ class SceneEncoder(nn.Module):
             c = out
         self.body = nn.Sequential(*layers)
         self.regions = nn.Conv2d(c, dim, patch, stride=patch)
+        grid = side // 2 ** min(2, len(channels)) // patch
+        self.position = nn.Parameter(torch.zeros(1, grid * grid, dim))
+        nn.init.trunc_normal_(self.position, std=0.02)
         self.mean, self.std = mean, std
 
     def forward(self, scenes: torch.Tensor) -> torch.Tensor:
         x = (scenes.float() / 255.0 - self.mean) / self.std  # (N, 1, H, W)
         x = self.regions(self.body(x))  # (N, dim, h, w)
-        return x.flatten(2).transpose(1, 2)  # (N, S = h * w, dim)
+        return x.flatten(2).transpose(1, 2) + self.position  # (N, S = h * w, dim)
 
 
 class CaptionModel(nn.Module):

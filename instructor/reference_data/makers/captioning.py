@@ -106,8 +106,9 @@ FORWARD_MISTAKES = {
     "be on and below the diagonal (causal_mask(T))",
     "no_pos": "the positional encoding is missing: add self.positional_encoding to the word "
     "vectors",
-    "pos_on_memory": "the positional encoding is added to the image features: it belongs to "
-    "the word vectors (the memory is not a sequence of words)",
+    "pos_on_memory": "the words' positional encoding is added to the image features: it "
+    "belongs to the word vectors (the memory is not a sentence; an image encoder gives its "
+    "regions their own positions)",
     "no_image": "the image is not used as the decoder's memory: cross-attention must read "
     "self.visual_projection(features), not the words",
     "no_norm": "the final LayerNorm self.norm is skipped before self.output",
