@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by flower.sbatch and pixmo.sbatch: this cluster's settings, then the job logic.
+# Shared by the sbatch scripts (one per demo): this cluster's settings, then the job logic.
 #
 # Course staff: edit ONLY the block between the two "SITE SETTINGS" lines below. Both
 # scripts source this file when the job starts, so one edit covers both questions.
@@ -25,8 +25,8 @@ SITE_FLOWER_DATA_DIR=""
 SITE_PIXMO_DATA_DIR=""
 # Account and partition are NOT set here: sbatch reads `#SBATCH` lines before any shell
 # runs, so they cannot come from a sourced file. Set them in the marked "SITE #SBATCH"
-# block near the top of flower.sbatch and pixmo.sbatch (the two blocks must stay identical;
-# a test checks that), or once per shell: export SBATCH_ACCOUNT=... SBATCH_PARTITION=...
+# block near the top of each sbatch script (the blocks must stay identical; a test checks
+# that), or once per shell: export SBATCH_ACCOUNT=... SBATCH_PARTITION=...
 # ============================= END SITE SETTINGS =========================================
 
 # ---- Nothing to edit below this line. ----------------------------------------------------

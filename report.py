@@ -5,13 +5,10 @@
     python report.py attention --run RUN [--images 4] [--rollout] --out attention.png
     python report.py posemb --run RUN --out posemb.png
     python report.py preview flower|pixmo|scratch [--data_dir D] --out preview.png
-    python report.py captions --run RUN [--images 8] --out captions.png
 
-A RUN is the ``--output_dir`` of ``demo_flower.py`` (Question 2), ``demo_pixmo.py``
-(Question 3), ``demo_scratch.py`` (Question 4) or ``demo_caption.py`` (Question 5):
-``config.yaml``, ``train.log``, ``tensorboard/``, ``best.pt``, ... Figures are PNG at 150
-dpi, or vector graphics when ``--out`` ends in ``.pdf`` or ``.svg``. Every output file is
-written atomically.
+A RUN is a demo's ``--output_dir``: ``config.yaml``, ``train.log``, ``tensorboard/``,
+``best.pt``, ... Figures are PNG at 150 dpi, or vector graphics when
+``--out`` ends in ``.pdf`` or ``.svg``. Every output file is written atomically.
 
 - ``curves``: training and validation loss and accuracy per epoch (TensorBoard's own event
   reader), one colour per run.
@@ -24,8 +21,6 @@ written atomically.
 - ``posemb``: cosine similarity between the learned position embeddings of all patches,
   arranged on the patch grid (the ViT paper, Fig. 7).
 - ``preview``: a grid of dataset images with their class (PixMo: with the point).
-- ``captions``: for a captioning run, test images with the caption its best model generates
-  (greedy) and the true caption(s), with the run's test token accuracy and BLEU-4.
 
 Bad input (no such run, a run of the wrong kind, a run with no finished epoch yet) gives a
 one-line ``error: ...`` and exit status 1. The figures themselves are drawn by
@@ -42,7 +37,11 @@ from kit.errors import UserError
 from kit.finished_runs import read_run, read_runs
 from kit.report.ablation import write_ablation
 from kit.report.attention import attention_maps, draw_attention
+
+# BEGIN caption section
 from kit.report.captions import caption_examples, draw_captions
+
+# END caption section
 from kit.report.common import FIGURE_SUFFIXES, check_out
 from kit.report.curves import draw_curves
 from kit.report.posemb import draw_posemb, learned_position_embeddings
@@ -95,11 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", dest="scratch_dataset", help="scratch only: which dataset")
     p.add_argument("--out", **fig_out)
 
-    p = sub.add_parser("captions", help="test images with generated and true captions")
+    # BEGIN caption section
+    p = sub.add_parser(
+        "captions",
+        help="test images with generated and true captions",
+        description="For a captioning run (Question 5): test images with the caption its "
+        "best model generates (greedy) and the true caption(s), with the run's test token "
+        "accuracy and BLEU-4.",
+    )
     p.add_argument("--run", required=True, help="a captioning run (demo_caption.py)")
     p.add_argument("--images", type=int, default=8, help="test images to show (default 8)")
     p.add_argument("--data_dir", help="data folder (default: the one in the run's config.yaml)")
     p.add_argument("--out", **fig_out)
+    # END caption section
     return parser
 
 
@@ -125,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "preview":
             check_out(args.out, FIGURE_SUFFIXES)
             draw_preview(args.dataset, args.out, args.data_dir, args.scratch_dataset)
+        # BEGIN caption section
         elif args.command == "captions":
             check_out(args.out, FIGURE_SUFFIXES)
             draw_captions(caption_examples(args.run, args.images, args.data_dir), args.out)
+        # END caption section
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """Command line of the autograder.
 
-python -m autograder grade SUBMISSION_DIR --results RESULTS_JSON --labels LABELS_DIR
-python -m autograder grade-all SUBMISSIONS_DIR --labels LABELS_DIR --csv grades.csv --jobs N
+python -m autograder grade SUBMISSION_DIR --results RESULTS_JSON [--labels LABELS_DIR] [--assignment NAME]
+python -m autograder grade-all SUBMISSIONS_DIR [--labels LABELS_DIR] --csv grades.csv --jobs N
 """
 
 import argparse
@@ -13,10 +13,20 @@ from .sandbox import SandboxUnavailable
 
 def _common(p):
     p.add_argument(
-        "--labels", required=True, help="folder with the true test_flower.txt / test_pixmo.txt"
+        "--labels",
+        help="folder with the true labels of the graded prediction files (e.g. test_flower.txt); "
+        "needed when the assignment grades any",
     )
-    p.add_argument("--assignment", help="assignment YAML (default: the packaged/instructor one)")
+    p.add_argument(
+        "--assignment",
+        help="a course of instructor/assignments/ (e.g. cs771_hw2) or an assignment file; default: the packaged one, else cs444_mp3",
+    )
     p.add_argument("--timeout", type=float, help="per-exercise wall-clock limit in seconds")
+    p.add_argument(
+        "--full-output",
+        action="store_true",
+        help="show every line of each test's output (the summary shows the first 6)",
+    )
     p.add_argument(
         "--no-namespaces",
         action="store_true",
@@ -42,6 +52,7 @@ def _options(args, **extra):
         insecure=args.insecure,
         namespaces=not args.no_namespaces,
         userns=args.userns,
+        full_output=args.full_output,
         **extra,
     )
 

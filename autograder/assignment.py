@@ -1,8 +1,9 @@
 """The assignment file: which exercises are student work and what each graded part is worth.
 
 The same YAML file drives the student release (``python -m instructor release``) and the
-grader. In the repository it is ``instructor/assignment.yml``; in the Gradescope zip it is
-copied next to this package as ``autograder/assignment.yml``.
+grader. The repository holds one per course in ``instructor/assignments/NAME.yml`` (the
+default: ``cs444_mp3``), chosen with ``--assignment NAME`` (or a path); the Gradescope zip
+carries the chosen one next to this package as ``autograder/assignment.yml``.
 """
 
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 KIT_ROOT = PACKAGE_DIR.parent  # repository root, or /autograder/source in the zip
+ASSIGNMENTS_DIR = KIT_ROOT / "instructor" / "assignments"
+DEFAULT_ASSIGNMENT = "cs444_mp3"
 
 
 # The trusted code that runs the student's exercises inside the sandbox: the exercise-check
@@ -60,6 +63,8 @@ class RequiredFile:
     points: float = 0.0
     visibility: str = "visible"
     description: str = ""  # what the file holds, for the student README's upload list
+    # the prediction file whose run this script trained (python -m kit.upload builds it)
+    script_of: str = ""
 
 
 @dataclass
@@ -82,23 +87,60 @@ class Assignment:
     exercise_points: dict
     predictions: list
     required_files: list
-    release_files: list
-    release_exclude: list
-    practice_exercises: list = field(default_factory=list)
+    # "rest" (every declared exercise neither graded nor given) or a list of ids
+    practice_exercises: list | str = "rest"
+    given_exercises: list = field(default_factory=list)  # shipped with their solution
+    parts: list = field(default_factory=list)  # instructor/parts.yml's parts that ship
+    presets: dict = field(default_factory=dict)  # config.yml section -> preset patterns kept
+    intro: str = ""  # the opening of the student README
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     data_sources: dict = field(default_factory=dict)  # data set -> URL or path (student README)
     path: Path = None
 
-    @property
-    def stubbed_exercises(self):
+    def roles(self, declared):
+        """``{exercise id: "graded" | "practice" | "given"}`` for the ``declared`` ids (those
+        of test_functions.py), in their order."""
+        practice = self.practice_exercises
+        roles = {}
+        for ex in declared:
+            if ex in self.student_exercises:
+                roles[ex] = "graded"
+            elif ex in self.given_exercises:
+                roles[ex] = "given"
+            else:
+                roles[ex] = "practice" if practice == "rest" or ex in practice else "given"
+        return roles
+
+    def stubbed_exercises(self, declared):
         """Every exercise the release replaces by a stub: graded work, then practice."""
-        return [*self.student_exercises, *self.practice_exercises]
+        roles = self.roles(declared)
+        graded = [ex for ex in self.student_exercises if ex in roles]
+        return graded + [ex for ex, role in roles.items() if role == "practice"]
+
+
+def assignment_path(name_or_path=None):
+    """The assignment file for ``--assignment``: a course name of instructor/assignments/
+    (``cs444_mp3``) or a path; by default ``autograder/assignment.yml`` in the Gradescope zip,
+    else the default course."""
+    if name_or_path is None:
+        packaged = PACKAGE_DIR / "assignment.yml"
+        return packaged if packaged.is_file() else ASSIGNMENTS_DIR / f"{DEFAULT_ASSIGNMENT}.yml"
+    value = str(name_or_path)
+    if "/" not in value and not value.endswith((".yml", ".yaml")):
+        path = ASSIGNMENTS_DIR / f"{value}.yml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in ASSIGNMENTS_DIR.glob("*.yml")))
+            raise AssignmentError(
+                f"no assignment named {value!r} in {ASSIGNMENTS_DIR}; known: {known or '(none)'}"
+                " (or give the path of an assignment file)"
+            )
+        return path
+    return Path(value)
 
 
 def default_assignment_path():
-    """``autograder/assignment.yml`` in the zip, else ``instructor/assignment.yml``."""
-    packaged = PACKAGE_DIR / "assignment.yml"
-    return packaged if packaged.is_file() else KIT_ROOT / "instructor" / "assignment.yml"
+    """``autograder/assignment.yml`` in the Gradescope zip, else the default course's file."""
+    return assignment_path(None)
 
 
 def _fraction(value, where):
@@ -156,6 +198,7 @@ def _required_file(item, where):
         points=float(item.get("points", 0)),
         visibility=item.get("visibility", "visible"),
         description=str(item.get("description", "")),
+        script_of=str(item.get("script_of", "")),
     )
 
 
@@ -176,9 +219,21 @@ def _parse_list(raw, key, path, parse):
     return parsed
 
 
+def _id_list(raw, key, path, allow_rest=False):
+    value = raw.get(key)
+    if value is None:
+        return "rest" if allow_rest else []
+    if allow_rest and value == "rest":
+        return "rest"
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        rest = " or the word rest" if allow_rest else ""
+        raise AssignmentError(f"{path}: {key} must be a list of exercise ids{rest}")
+    return list(value)
+
+
 def load_assignment(path=None):
-    """Parse and validate the assignment YAML file."""
-    path = Path(path) if path else default_assignment_path()
+    """Parse and validate an assignment file (a path, or a course name: ``assignment_path``)."""
+    path = assignment_path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -192,18 +247,19 @@ def load_assignment(path=None):
             "student_exercises",
             "practice_exercises",
             "points",
+            "given_exercises",
             "predictions",
             "required_files",
-            "release",
             "sandbox",
             "data_sources",
+            "parts",
+            "presets",
+            "intro",
         },
         str(path),
     )
     predictions = _parse_list(raw, "predictions", path, _prediction)
     required = _parse_list(raw, "required_files", path, _required_file)
-    release = raw.get("release") or {}
-    _known(release, {"files", "exclude"}, f"{path}: release")
     sandbox = raw.get("sandbox") or {}
     limits = SandboxLimits()
     _known(sandbox, set(vars(limits)), f"{path}: sandbox")
@@ -217,21 +273,35 @@ def load_assignment(path=None):
         isinstance(k, str) and isinstance(v, str) for k, v in data_sources.items()
     ):
         raise AssignmentError(f"{path}: data_sources must map each data set name to a text")
-    both = set(raw.get("student_exercises") or []) & set(raw.get("practice_exercises") or [])
-    if both:
-        raise AssignmentError(
-            f"{path}: {', '.join(sorted(both))} listed as both student and practice exercises; "
-            "keep each in one list"
-        )
+    student = _id_list(raw, "student_exercises", path)
+    practice = _id_list(raw, "practice_exercises", path, allow_rest=True)
+    given = _id_list(raw, "given_exercises", path)
+    for a, b in ((student, practice), (student, given), (practice, given)):
+        both = set(a) & set(b) if isinstance(a, list) and isinstance(b, list) else set()
+        if both:
+            raise AssignmentError(
+                f"{path}: {', '.join(sorted(both))} listed in two of student_exercises, "
+                "practice_exercises and given_exercises; keep each in one list"
+            )
+    presets = raw.get("presets") or {}
+    if not isinstance(presets, dict) or not all(
+        isinstance(v, list) and all(isinstance(p, str) for p in v) for v in presets.values()
+    ):
+        raise AssignmentError(f"{path}: presets must map a config.yml section to preset patterns")
+    parts = raw.get("parts") or []
+    if not (isinstance(parts, list) and all(isinstance(p, str) for p in parts)):
+        raise AssignmentError(f"{path}: parts must be a list of part names (instructor/parts.yml)")
     return Assignment(
         name=raw.get("name", "assignment"),
-        student_exercises=list(raw.get("student_exercises") or []),
-        practice_exercises=list(raw.get("practice_exercises") or []),
+        student_exercises=student,
+        practice_exercises=practice,
+        given_exercises=given,
         exercise_points={k: float(v) for k, v in (raw.get("points") or {}).items()},
         predictions=predictions,
         required_files=required,
-        release_files=list(release.get("files") or []),
-        release_exclude=list(release.get("exclude") or []),
+        parts=list(parts),
+        presets=dict(presets),
+        intro=str(raw.get("intro") or ""),
         limits=limits,
         data_sources=dict(data_sources),
         path=path,

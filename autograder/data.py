@@ -16,19 +16,16 @@ keyed by the SHA-256 of the source files. The Gradescope zip ships them prepared
 """
 
 import hashlib
-import io
 import json
 import os
 import pickle
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .assignment import PACKAGE_DIR
-from .predictions import read_capped
 
 REFERENCE_DIR = PACKAGE_DIR / "reference_data"
 PREPARED_DIR = PACKAGE_DIR / "prepared"
@@ -173,18 +170,3 @@ def load_exercise(ex_id, reference_dir=REFERENCE_DIR):
         except OSError:  # another grader won the race: its copy is the same
             shutil.rmtree(tmp, ignore_errors=True)
     return ExerciseData(cached)
-
-
-def load_npz_untrusted(path, max_bytes):
-    """Read an ``.npz`` written by the sandbox: no symlinks, bounded size, no pickle."""
-    raw = read_capped(path, max_bytes)
-    with zipfile.ZipFile(io.BytesIO(raw)) as zf:  # refuse a zip bomb before inflating it
-        if sum(info.file_size for info in zf.infolist()) > 4 * max_bytes:
-            raise ValueError("archive expands too much")
-    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-        return {key: z[key] for key in z.files}
-
-
-def read_untrusted_text(path, max_bytes):
-    """Read a small text file written by the sandbox (no symlinks, bounded)."""
-    return read_capped(path, max_bytes).decode("utf-8", "replace")

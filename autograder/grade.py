@@ -5,7 +5,6 @@ symlink-refusing, size-capped opens, runs student code only through
 :func:`autograder.sandbox.run_sandbox`, and compares what comes back with the hidden targets.
 """
 
-import json
 import os
 import re
 import signal
@@ -15,11 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import compare, data, sandbox
+from . import compare, data, evidence, sandbox
 from .assignment import KIT_ROOT, load_assignment, sandbox_kit_files
 from .declarations import number_key, read_declarations
 from .predictions import PredictionError, grade_predictions, read_capped, read_labels
-from .results import normalise, write_results
+from .results import normalise, safe_print, write_results
 
 MAX_SOURCE_BYTES = 2_000_000
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -39,6 +38,7 @@ class GradeOptions:
     reference_dir: str = None
     kit_root: str = None
     quiet: bool = False
+    full_output: bool = False  # the console summary shows every line of each test's output
     shared: tuple = ()  # folders holding other uploads and results (grade-all): kept secret
 
 
@@ -55,6 +55,10 @@ def find_submission_root(submission, marker="transformer_utils.py"):
     if len(subdirs) == 1 and (subdirs[0] / marker).exists():
         return subdirs[0]
     return submission
+
+
+REQUIRED_FILE_TAG = "required file"
+SUMMARY_LINES = 6  # lines of each test's output the console summary shows (--full-output: all)
 
 
 def _test(name, number, score, max_score, output, visibility="visible", passed=None):
@@ -80,8 +84,32 @@ _SIGNALS = {
 }
 
 
-def _exercise_message(ex_id, decl, res, limits):
-    """Return (passed, message) for one exercise from the sandbox's evidence."""
+def _timed_out(out_dir, limits, source):
+    """The time-out's feedback: what the process was doing, and the student's line that was
+    running (from the stacks the supervisor asked for before killing it)."""
+    try:
+        stage = evidence.read_text(out_dir / "stage.txt", 2000).strip().splitlines()[0]
+    except (evidence.EvidenceError, IndexError):
+        stage = ""
+    try:
+        where, importing = evidence.running_line(
+            evidence.read_text(out_dir / "stack.txt", 256_000), source
+        )
+    except evidence.EvidenceError:
+        where, importing = "", False
+    if importing:
+        stage = "importing transformer_utils.py"
+    message = f"Timed out after {limits['timeout_s']:g} s wall-clock"
+    message += f" while {evidence.shown(stage, 200)}" if stage else ""
+    message += (
+        " (infinite loop, or far too slow?). The process and everything it started were killed."
+    )
+    return message + (f"\nIt was running {where}" if where else "")
+
+
+def _exercise_message(ex_id, decl, res, limits, source=""):
+    """Return (passed, message) for one exercise from the sandbox's evidence, or
+    (outputs, types) to compare. Everything read here is hostile data (see evidence.py)."""
     rec = res.records.get(ex_id)
     if rec is None:
         if not res.startup.get("ok"):
@@ -99,28 +127,23 @@ def _exercise_message(ex_id, decl, res, limits):
             "Not run: the sandbox stopped before this exercise (an earlier exercise "
             "killed it, or the overall time limit was reached)."
         )
-    if rec.get("timed_out"):
-        return False, (
-            f"Timed out after {limits['timeout_s']:g} s wall-clock (infinite loop, "
-            "or far too slow?). The process and everything it started were killed."
-        )
     out_dir = res.out_dir / ex_id
+    if rec.get("timed_out"):
+        return False, _timed_out(out_dir, limits, source)
     try:
-        status = json.loads(data.read_untrusted_text(out_dir / "status.json", 200_000))
-        if not isinstance(status, dict):
-            raise ValueError
-    except (OSError, ValueError):
+        status = evidence.load_status(out_dir / "status.json")
+    except evidence.EvidenceError as exc:
         sig = rec.get("signal")
         if sig:
             why = _SIGNALS.get(sig, f"was killed by signal {sig}")
             return False, f"Your code {why}; no output was produced."
+        if "file not found" not in str(exc):
+            return False, f"The exercise's report could not be read back ({exc})."
         return False, (
             f"The exercise process exited (code {rec.get('exit_code')}) before "
             "reporting: does your code call sys.exit(), os._exit() or kill itself?"
         )
-    kind = status.get("kind")
-    msg = str(status.get("message", ""))[:1500]
-    tb = str(status.get("traceback", ""))[:2500]
+    kind, msg, tb = status["kind"], status["message"], status["traceback"]
     if kind == "not_implemented":
         return False, f"{decl.name} is not implemented yet ({msg})."
     if kind == "forbidden":
@@ -134,13 +157,10 @@ def _exercise_message(ex_id, decl, res, limits):
     if kind != "ok":
         return False, f"{decl.name} raised an error: {msg}\n{tb}"
     try:
-        outputs = data.load_npz_untrusted(out_dir / "outputs.npz", MAX_OUTPUT_BYTES)
-    except Exception as exc:  # any malformed or oversized archive is the student's
-        return (
-            False,
-            f"The outputs could not be read back ({type(exc).__name__}: {str(exc)[:200]}).",
-        )
-    return outputs, status.get("types", {})
+        outputs = evidence.load_outputs(out_dir / "outputs.npz", MAX_OUTPUT_BYTES)
+    except ValueError as exc:  # any malformed or oversized archive is the student's
+        return False, f"The outputs could not be read back ({evidence.shown(str(exc), 300)})."
+    return outputs, status["types"]
 
 
 def _refusal(probe):
@@ -168,7 +188,9 @@ def _exercise_limits(assignment, opts):
 
 
 def _start_exercises(assignment, decls, sub_root, opts, protected, unwritable):
-    """Start the sandbox on the student's code; returns a state for :func:`_finish_exercises`."""
+    """Start the sandbox on the student's code; returns a state for :func:`_finish_exercises`.
+    A failure here (an exercise's hidden data, the sandbox's start) is that part's zero with
+    its reason, never the whole grading's."""
     ids = list(assignment.student_exercises)
     limits = _exercise_limits(assignment, opts)
     state = {
@@ -176,6 +198,9 @@ def _start_exercises(assignment, decls, sub_root, opts, protected, unwritable):
         "limits": limits,
         "res": None,
         "error": None,
+        "errors": {},  # exercise id -> why it cannot be graded
+        "source": "",
+        "data": {},
         "points": {i: assignment.exercise_points.get(i, decls[i].points) for i in ids},
     }
     try:
@@ -183,25 +208,39 @@ def _start_exercises(assignment, decls, sub_root, opts, protected, unwritable):
     except PredictionError as exc:
         state["error"] = f"transformer_utils.py: {exc}. Upload your transformer_utils.py."
         return state
-    kit_root = Path(opts.kit_root or KIT_ROOT)
-    state["data"] = {
-        i: data.load_exercise(i, opts.reference_dir or data.REFERENCE_DIR) for i in ids
-    }
-    kit_files = sandbox_kit_files(kit_root)
-    state["res"] = sandbox.start_sandbox(
-        [{"id": i, "timeout_s": limits["timeout_s"]} for i in ids],
-        source,
-        kit_files,
-        {i: state["data"][i].inputs_pickle for i in ids},
-        _Limits(limits),
-        protected,
-        unwritable,
-        uid=opts.uid,
-        allow_namespaces=opts.namespaces,
-        require_safe=not opts.insecure,
-        force_userns=opts.userns,
-    )
+    state["source"] = source.decode("utf-8", "replace")
+    for i in ids:
+        try:
+            state["data"][i] = data.load_exercise(i, opts.reference_dir or data.REFERENCE_DIR)
+        except Exception as exc:  # the instructor's data: this exercise only
+            state["errors"][i] = _grader_problem(exc)
+    graded = [i for i in ids if i in state["data"]]
+    if not graded:
+        return state
+    try:
+        state["res"] = sandbox.start_sandbox(
+            [{"id": i, "timeout_s": limits["timeout_s"]} for i in graded],
+            source,
+            sandbox_kit_files(Path(opts.kit_root or KIT_ROOT)),
+            {i: state["data"][i].inputs_pickle for i in graded},
+            _Limits(limits),
+            protected,
+            unwritable,
+            uid=opts.uid,
+            allow_namespaces=opts.namespaces,
+            require_safe=not opts.insecure,
+            force_userns=opts.userns,
+        )
+    except Exception as exc:
+        state["error"] = f"The sandbox could not start ({_grader_problem(exc)})"
     return state
+
+
+def _grader_problem(exc):
+    return (
+        f"{type(exc).__name__}: {evidence.shown(str(exc), 500)}; this is a grader problem, "
+        "please tell the course staff"
+    )
 
 
 _MARKER = re.compile(r"^\[sandbox\s+[\d.]+s\] (?:running exercise (\S+)|all exercises done)$")
@@ -221,44 +260,67 @@ def split_log(log):
 
 def _finish_exercises(state, decls):
     """Wait for the sandbox and turn its evidence into one test result per exercise."""
-    tests = []
     res = state["res"]
-    if res is not None:
-        sandbox.finish_sandbox(res)
     try:
-        for i in state["ids"]:
-            d = decls[i]
-            points = state["points"][i]
-            if res is None:
-                passed, message = False, state["error"]
-            else:
-                verdict = _exercise_message(i, d, res, state["limits"])
-                if verdict[0] is False:
-                    passed, message = verdict
-                else:
-                    outputs, types = verdict
-                    exd = state["data"][i]
-                    passed, message = compare.grade_outputs(
-                        outputs, types, exd.targets, exd.mistakes, d.rtol, d.atol, exd.tolerances
-                    )
-            printed = split_log(res.log).get(i, "").strip() if res is not None else ""
-            if printed and not passed:
-                message += f"\nWhat your code printed (last 1500 characters):\n{printed[-1500:]}"
-            title = f"{d.number} {d.name} ({i})"
-            tests.append(
-                _test(
-                    title,
-                    d.number,
-                    points if passed else 0.0,
-                    points,
-                    ("Passed: " if passed else "Failed: ") + message,
-                    d.visibility,
-                )
-            )
+        if res is not None:
+            try:
+                sandbox.finish_sandbox(res)
+            except Exception as exc:
+                state["error"], state["res"] = f"The sandbox failed ({_grader_problem(exc)})", None
+        return exercise_tests(state, decls)
     finally:
         if res is not None:
             sandbox.cleanup(res)
+
+
+def exercise_tests(state, decls):
+    """One test result per exercise. Each is graded on its own: whatever goes wrong while
+    grading one (hostile evidence, or the grader's own bug) is that exercise's zero with
+    the reason, and the others are still graded."""
+    res = state["res"]
+    try:
+        printed = split_log(res.log) if res is not None else {}
+    except Exception:
+        printed = {}
+    tests = []
+    for i in state["ids"]:
+        d, points = decls[i], state["points"][i]
+        try:
+            passed, message = _grade_exercise(i, d, state)
+        except Exception as exc:
+            passed, message = False, f"This part could not be graded ({_grader_problem(exc)})."
+        shown = printed.get(i, "").strip()
+        if shown and not passed:
+            message += f"\nWhat your code printed (last 1500 characters):\n{shown[-1500:]}"
+        title = f"{d.number} {d.name} ({i})"
+        tests.append(
+            _test(
+                title,
+                d.number,
+                points if passed else 0.0,
+                points,
+                ("Passed: " if passed else "Failed: ") + message,
+                d.visibility,
+            )
+        )
     return tests
+
+
+def _grade_exercise(i, decl, state):
+    """``(passed, message)`` of one exercise."""
+    res = state["res"]
+    if i in state["errors"]:
+        return False, state["errors"][i]
+    if res is None:
+        return False, state["error"]
+    verdict = _exercise_message(i, decl, res, state["limits"], state.get("source", ""))
+    if verdict[0] is False:
+        return verdict
+    outputs, types = verdict
+    exd = state["data"][i]
+    return compare.grade_outputs(
+        outputs, types, exd.targets, exd.mistakes, decl.rtol, decl.atol, exd.tolerances
+    )
 
 
 class _Limits:
@@ -324,9 +386,24 @@ def describe_protections(res, caps, limits, protected):
         f"{limits['max_file_mb']} MB files; every process of the sandbox user killed "
         "afterwards"
     )
+    if caps.namespaces:
+        lines.append(
+            "  - each exercise in a mount namespace of its own: fresh /tmp and /dev/shm, no "
+            "file of another exercise visible [active]"
+        )
+    elif getattr(res, "drop", False):
+        lines.append(
+            "  - what the sandbox user left in /tmp, /var/tmp and /dev/shm deleted after each "
+            "exercise [active]"
+        )
+    if probe.get("exec_refused"):
+        lines.append("  - exercise processes cannot start other programs (seccomp) [active]")
+    else:
+        lines.append("  - refusing other programs (seccomp): NOT available here")
     lines.append(
         f"  - clean environment, stdin /dev/null, output captured and capped at "
-        f"{limits['max_output_kb']} KB; results returned as .npz (no pickle)"
+        f"{limits['max_output_kb']} KB; results returned as .npz (no pickle), read as "
+        "untrusted data"
     )
     return "\n".join(lines)
 
@@ -342,9 +419,8 @@ def grade(submission, results_path, labels_dir, options=None):
     )
     results = {"tests": [], "output": ""}
     try:
-        results = _grade(
-            Path(submission).absolute(), results_path, Path(labels_dir).absolute(), opts
-        )
+        labels = Path(labels_dir).absolute() if labels_dir is not None else None
+        results = _grade(Path(submission).absolute(), results_path, labels, opts)
     except KeyboardInterrupt:
         results["output"] = "Grading was interrupted."
         raise
@@ -359,21 +435,25 @@ def grade(submission, results_path, labels_dir, options=None):
         write_results(results_path, results)
     results = normalise(results)
     if not opts.quiet:
-        print(summary(results))
+        safe_print(summary(results, None if opts.full_output else SUMMARY_LINES))
     return results
 
 
-def summary(results):
-    lines = []
+def summary(results, lines_per_test=SUMMARY_LINES):
+    """The console summary: the grader's header (what it is, the protections), each test's
+    score and the first ``lines_per_test`` lines of its output (None: all), then the total."""
+    lines = [results["output"]] if results.get("output") else []
     total = sum(t["score"] for t in results["tests"])
     max_total = sum(t["max_score"] for t in results["tests"])
     for t in results["tests"]:
         lines.append(f"[{t['score']:g}/{t['max_score']:g}] {t['name']}")
-        for line in str(t["output"]).splitlines()[:6]:
+        output = str(t["output"]).splitlines()
+        for line in output[:lines_per_test]:
             lines.append(f"      {line}")
+        if lines_per_test is not None and len(output) > lines_per_test:
+            more = len(output) - lines_per_test
+            lines.append(f"      ... {more} more line(s): --full-output shows them")
     lines.append(f"Total: {total:g}/{max_total:g}  ({results.get('execution_time', 0):.1f} s)")
-    if results.get("output"):
-        lines.append(results["output"])
     return "\n".join(lines)
 
 
@@ -392,7 +472,10 @@ def _grade(submission, results_path, labels_dir, opts):
         assignment, kit_root, reference_dir, labels_dir, submission, results_path, opts
     )
     # the instructor's files: check them before running anything
-    labels = read_labels(labels_dir, assignment.predictions)
+    if labels_dir is None and assignment.predictions:
+        names = ", ".join(p.file for p in assignment.predictions)
+        raise ValueError(f"this assignment grades {names}: pass --labels with their true labels")
+    labels = read_labels(labels_dir, assignment.predictions) if assignment.predictions else {}
     caps = sandbox.require_sandbox(opts.namespaces, opts.userns, opts.insecure)
     # Start the sandbox first: its torch import is the slow part, so the checks below overlap.
     state = _start_exercises(assignment, decls, sub_root, opts, protected, unwritable)
@@ -404,7 +487,10 @@ def _grade(submission, results_path, labels_dir, opts):
     tests.sort(key=lambda t: number_key(t["number"]))  # Gradescope lists them in this order
     res = state["res"]
     limits = state["limits"]
-    protections = describe_protections(res, caps, limits, protected)
+    try:
+        protections = describe_protections(res, caps, limits, protected)
+    except Exception as exc:  # never at the cost of the grades
+        protections = f"Sandbox protections: could not be listed ({_grader_problem(exc)})"
     out = [f"Autograder for {assignment.name}.", protections]
     if res is not None and res.log_bytes > limits["max_output_kb"] * 1024:
         out.append(
@@ -412,8 +498,11 @@ def _grade(submission, results_path, labels_dir, opts):
             f"{limits['max_output_kb']} KB were kept."
         )
     if res is not None and not opts.quiet:
-        print("---- sandbox output (capped) ----", file=sys.stderr)
-        print(res.log[-4000:], file=sys.stderr)
+        safe_print("---- sandbox output (capped) ----", file=sys.stderr)
+        shown = res.log if opts.full_output else res.log[-4000:]
+        if len(shown) < len(res.log):
+            safe_print("... (the last 4000 characters; --full-output shows all)", file=sys.stderr)
+        safe_print(shown, file=sys.stderr)
     return {"tests": tests, "output": "\n".join(out), "leaderboard": leaderboard}
 
 
@@ -433,48 +522,54 @@ def _protected_paths(assignment, kit_root, reference_dir, labels_dir, submission
         reference_dir,
         data.PREPARED_DIR,
         data.cache_dir(),
-        labels_dir,
-        *(labels_dir / p.file for p in assignment.predictions),
+        *([labels_dir] if labels_dir is not None else []),
+        *(labels_dir / p.file for p in assignment.predictions if labels_dir is not None),
         submission,
         *(Path(p).absolute() for p in opts.shared),
     ]
     untouched = [results, kit_root, kit_root / "test_functions.py", kit_root / "kit",
-                 kit_root / "instructor", data.PACKAGE_DIR, labels_dir, submission]  # fmt: skip
+                 kit_root / "instructor", data.PACKAGE_DIR, submission]  # fmt: skip
+    if labels_dir is not None:
+        untouched.append(labels_dir)
     return [str(p) for p in secret], [str(p) for p in untouched]
 
 
 def _grade_files(assignment, sub_root, labels):
-    """Prediction files and required files (no student code runs)."""
+    """Prediction files and required files (no student code runs). Each part is graded on
+    its own: a failure while grading one is that part's zero with the reason."""
     tests, leaderboard = [], []
     for part in assignment.predictions:
-        score, accuracy, message = grade_predictions(sub_root / part.file, labels[part.file], part)
+        try:
+            score, accuracy, message = grade_predictions(
+                sub_root / part.file, labels[part.file], part
+            )
+        except Exception as exc:
+            score, accuracy = 0.0, None
+            message = f"{part.file}: this part could not be graded ({_grader_problem(exc)})."
         tests.append(_test(part.name, part.number, score, part.points, message, part.visibility))
         if part.leaderboard:
             leaderboard.append(
                 {"name": part.leaderboard, "value": accuracy or 0.0, "order": "desc"}
             )
     for req in assignment.required_files:
-        path = sub_root / req.file
-        ok = False
-        try:
-            st = os.lstat(path)
-            ok = stat.S_ISREG(st.st_mode) and st.st_size > 0
-        except OSError:
-            pass
-        message = (
-            f"{req.file} found (it is checked, not run)."
-            if ok
-            else f"{req.file} is missing or empty: please upload it."
-        )
-        tests.append(
-            _test(
-                req.name,
-                req.number,
-                req.points if ok else 0.0,
-                req.points,
-                message,
-                req.visibility,
-                passed=ok,
-            )
-        )
+        tests.append(_required_file_test(sub_root, req))
     return tests, leaderboard
+
+
+def _required_file_test(sub_root, req):
+    ok = False
+    try:
+        st = os.lstat(sub_root / req.file)
+        ok = stat.S_ISREG(st.st_mode) and st.st_size > 0
+    except (OSError, ValueError):  # ValueError: a name with a NUL byte
+        pass
+    message = (
+        f"{req.file} found (it is checked, not run)."
+        if ok
+        else f"{req.file} is missing or empty: please upload it."
+    )
+    test = _test(
+        req.name, req.number, req.points if ok else 0.0, req.points, message, req.visibility,
+        passed=ok,
+    )  # fmt: skip
+    return test | {"tags": [REQUIRED_FILE_TAG]}  # grade-all's CSV says present / missing

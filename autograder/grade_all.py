@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import sandbox
-from .grade import grade
+from .grade import REQUIRED_FILE_TAG, grade
 from .results import write_results
 
 
@@ -24,6 +24,13 @@ def _slots(jobs, base_uid):
     for i in range(jobs):
         q.put(base_uid - i)
     return q
+
+
+def _cell(test):
+    """A test's CSV cell: its score, or present / missing for a required file (0 points)."""
+    if REQUIRED_FILE_TAG in test.get("tags", ()) and not test["max_score"]:
+        return "present" if test.get("status") == "passed" else "missing"
+    return f"{test['score']:g}"
 
 
 def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=None, options=None):
@@ -82,13 +89,13 @@ def grade_all(submissions, labels_dir, csv_path, jobs=1, results_dir=None, only=
         writer.writerow(["submission", "score", "max_score", *test_names])
         for name in sorted(rows):
             res = rows[name]
-            by_name = {t["name"]: t["score"] for t in res["tests"]}
+            by_name = {t["name"]: _cell(t) for t in res["tests"]}
             writer.writerow(
                 [
                     name,
                     f"{sum(t['score'] for t in res['tests']):g}",
                     f"{sum(t['max_score'] for t in res['tests']):g}",
-                    *[f"{by_name[n]:g}" if n in by_name else "" for n in test_names],
+                    *[by_name.get(n, "") for n in test_names],
                 ]
             )
     os.replace(tmp, csv_path)

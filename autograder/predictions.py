@@ -1,8 +1,8 @@
 """Prediction files (``test_flower.txt``, ``test_pixmo.txt``): strict parsing, exact scoring.
 
 Format: one integer class per line. Accepted: a trailing newline, CRLF line ends, a UTF-8
-BOM. Anything else (blank line, header, spaces, signs, out-of-range class, more lines than
-labels) is rejected with its line number. Missing lines at the end count as wrong answers.
+BOM. Anything else (blank line, header, spaces, signs, out-of-range class, a number of
+thousands of digits, more lines than labels) is rejected with its line number. Missing lines at the end count as wrong answers.
 Accuracy = correct / number of labels; the threshold is compared in integer arithmetic.
 
 A demo run on synthetic data writes a first line that says so (``kit.runs.
@@ -41,6 +41,8 @@ def read_capped(path, max_bytes):
             raise PredictionError(f"file too large ({st.st_size} bytes; at most {max_bytes})")
         with os.fdopen(os.dup(fd), "rb") as fh:
             data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise PredictionError(f"cannot read the file ({exc.strerror})") from None
     finally:
         os.close(fd)
     if len(data) > max_bytes:
@@ -71,6 +73,11 @@ def parse_lines(data, num_classes, max_lines=None):
             shown = line if len(line) <= 30 else line[:30] + "..."
             raise PredictionError(
                 f"line {number}: {shown!r} is not a class number (one integer per line)"
+            )
+        if len(line.lstrip("0")) > len(str(num_classes)):  # never int() thousands of digits
+            raise PredictionError(
+                f"line {number}: a number of {len(line)} digits is out of range "
+                f"(0..{num_classes - 1})"
             )
         value = int(line)
         if value >= num_classes:

@@ -1,17 +1,60 @@
-"""results.json in Gradescope's format, always written, always valid, written atomically."""
+"""results.json in Gradescope's format, always written, always valid, written atomically.
+
+Much of the text in it comes from student code (exception messages, printed output): every
+string is made valid Unicode without control characters (a lone surrogate, a NUL or an
+escape sequence becomes U+FFFD), every number finite, so the file is strict JSON in valid
+UTF-8, and :func:`safe_print` shows the same text on any console.
+"""
 
 import json
 import math
 import os
+import re
+import sys
 import tempfile
 from pathlib import Path
 
 VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
+# lone surrogates (from JSON escapes or undecodable names) and control characters but
+# tab, newline and carriage return
+_UNSAFE = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(value, limit=None):
+    """``value`` as a string that any JSON parser and UTF-8 console accepts."""
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:
+            value = f"<{type(value).__name__}>"
+    if limit is not None:
+        value = value[:limit]
+    return _UNSAFE.sub("\ufffd", value)
 
 
 def _clean_number(x):
-    x = float(x)
+    try:
+        x = float(x)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
     return round(x, 4) if math.isfinite(x) else 0.0
+
+
+def safe_print(text, file=None):
+    """Print ``text`` on a console of any encoding (what it cannot show is escaped); a closed
+    or broken stream is ignored: the summary must never end the grader."""
+    file = file or sys.stdout
+    text = clean_text(text)
+    try:
+        print(text, file=file, flush=True)
+    except UnicodeEncodeError:
+        encoding = getattr(file, "encoding", None) or "ascii"
+        try:
+            print(text.encode(encoding, "backslashreplace").decode(encoding), file=file)
+        except (OSError, ValueError, LookupError):
+            pass
+    except (OSError, ValueError):
+        pass
 
 
 def normalise(results):
@@ -21,30 +64,31 @@ def normalise(results):
         vis = t.get("visibility", "visible")
         tests.append(
             {
-                "name": str(t.get("name", "test")),
-                "number": str(t.get("number", "")),
+                "name": clean_text(t.get("name", "test"), 1000),
+                "number": clean_text(t.get("number", ""), 100),
                 "score": _clean_number(t.get("score", 0)),
                 "max_score": _clean_number(t.get("max_score", 0)),
                 "visibility": vis if vis in VISIBILITIES else "visible",
-                "output": str(t.get("output", ""))[:20000],
+                "output": clean_text(t.get("output", ""), 20000),
                 **({"status": t["status"]} if t.get("status") in ("passed", "failed") else {}),
             }
         )
     out = {
         "score": _clean_number(sum(t["score"] for t in tests)),
         "execution_time": _clean_number(results.get("execution_time", 0)),
-        "output": str(results.get("output", ""))[:50000],
+        "output": clean_text(results.get("output", ""), 50000),
         "visibility": "visible",
         "stdout_visibility": "hidden",
         "tests": tests,
     }
     board = [
         {
-            "name": str(e["name"]),
-            "value": _clean_number(e["value"]),
-            "order": e.get("order", "desc"),
+            "name": clean_text(e.get("name", ""), 1000),
+            "value": _clean_number(e.get("value", 0)),
+            "order": "asc" if e.get("order") == "asc" else "desc",
         }
         for e in results.get("leaderboard", [])
+        if isinstance(e, dict)
     ]
     if board:
         out["leaderboard"] = board

@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import evidence
+
 NOBODY = 65534
 CHILD_SCRIPT = Path(__file__).resolve().parent / "sandbox_child.py"
 
@@ -48,7 +50,7 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 
 _NS_SCRIPT = r"""
 set -eu
-NEW="$1"; BOX="$2"; PY="$3"; CHROOT="$4"; MOUNT="$5"; shift 5
+NEW="$1"; BOX="$2"; PY="$3"; CHROOT="$4"; MOUNT="$5"; BOXFLAGS="$6"; shift 6
 $MOUNT -t tmpfs -o mode=0755,size=16m,nosuid,nodev agroot "$NEW"
 # symbolic links of the system (e.g. /bin -> usr/bin): count, then (path, target) pairs
 n="$1"; shift
@@ -67,7 +69,13 @@ while [ "$n" -gt 0 ]; do
     || $MOUNT -o remount,bind,ro "$NEW$1" 2>/dev/null || true
   shift 2; n=$((n - 1))
 done
+# the box read-only (the student's file, the kit, the inputs, the job), except the outputs
+# and the supervisor's records: in a user namespace student code owns these files
 $MOUNT --rbind "$BOX" "$NEW/box"
+$MOUNT -o "remount,bind,ro${BOXFLAGS:+,$BOXFLAGS}" "$NEW/box" 2>/dev/null \
+  || $MOUNT -o remount,bind,ro "$NEW/box" 2>/dev/null || true
+$MOUNT --rbind "$BOX/out" "$NEW/box/out"
+$MOUNT --bind "$BOX/rec" "$NEW/box/rec"
 for d in null zero full random urandom; do
   touch "$NEW/dev/$d"; $MOUNT --bind "/dev/$d" "$NEW/dev/$d"
 done
@@ -556,20 +564,28 @@ def start_sandbox(
         "userns": caps.userns,
         # RLIMIT_NPROC counts all processes of the real user: allow what already runs
         "nproc_userns": _processes_of(os.getuid()) + limits.max_procs + 64,
-        # where torch and numpy live (e.g. a user site that `python -I` would not search)
-        "site_dirs": _package_parents(),
+        "namespaces": caps.namespaces,  # each exercise gets a private mount namespace
         "exercises": exercises,
         "limits": vars(limits) if not isinstance(limits, dict) else limits,
-        # checked by the probe as the sandbox sees them (see _identities)
-        "protected": _identities(protected, skip=python_dirs, depth=2),
-        "unwritable": _identities(unwritable, skip=python_dirs, depth=1)
-        + _identities(python_dirs, depth=0),
         "kit": f"{box_in_child}/kit",
         "student": f"{box_in_child}/student",
         "inputs": f"{box_in_child}/inputs",
         "out": f"{box_in_child}/out",
         "rec": f"{box_in_child}/rec",
     }
+    # The host paths go to the supervisor alone: it reads this root-only file, then deletes it,
+    # before any student code runs (the job file stays readable in the sandbox).
+    paths = {
+        # checked by the probe as the sandbox sees them (see _identities)
+        "protected": _identities(protected, skip=python_dirs, depth=2),
+        "unwritable": _identities(unwritable, skip=python_dirs, depth=1)
+        + _identities(python_dirs, depth=0),
+        # where torch and numpy live (e.g. a user site that `python -I` would not search)
+        "site_dirs": _package_parents(),
+    }
+    fd = os.open(box / "rec" / "paths.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(paths, fh)
     (box / "job.json").write_text(json.dumps(job), encoding="utf-8")
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -611,6 +627,7 @@ def start_sandbox(
             python,
             tool("chroot"),
             tool("mount"),
+            _mount_flags(str(box)),
             str(len(links) // 2),
             *links,
             str(len(binds)),
@@ -635,11 +652,12 @@ def start_sandbox(
             cmd = ["sh", "-c", script, "sh", str(len(procs)), *procs, *cmd]
     result = SandboxResult(out_dir=box / "out", mode=mode)
     result.cgroups = cgroups
+    result.exercise_ids = [ex["id"] for ex in exercises]
     result.work, result.uid, result.drop = work, uid, drop
     result.out_mounted = out_mounted
     result.uid_lock = uid_lock
     result.deadline = limits.startup_s + sum(ex["timeout_s"] + 5 for ex in exercises)
-    result.checked = len(job["protected"]) + len(job["unwritable"])
+    result.checked = len(paths["protected"]) + len(paths["unwritable"])
     result.started = time.monotonic()
     result.proc = subprocess.Popen(
         cmd,
@@ -684,23 +702,26 @@ def finish_sandbox(result):
             break
         if rest.startswith("probe "):
             try:
-                result.probe = json.loads(rest[len("probe ") :])
-            except ValueError:
+                result.probe = evidence.clean_probe(json.loads(rest[len("probe ") :]))
+            except (ValueError, RecursionError):
                 pass
         elif rest == "torch imported":
             result.startup = {"ok": True}
+    # The records are the supervisor's, in a folder that exercise processes cannot reach
+    # (root-only, or covered in their mount namespace); read as untrusted data all the same.
     rec_dir = result.work / "box" / "rec"
-    for name in os.listdir(rec_dir):
-        if name.endswith(".json"):
-            try:
-                data = json.loads((rec_dir / name).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if name == "startup.json":
-                if not result.startup.get("ok"):
-                    result.startup = data
-            elif name != "probe.json":
-                result.records[name[:-5]] = data
+    if not result.startup.get("ok"):
+        try:
+            result.startup = evidence.clean_startup(evidence.read_json(rec_dir / "startup.json"))
+        except evidence.EvidenceError:
+            pass
+    for ex_id in result.exercise_ids:
+        try:
+            record = evidence.clean_record(evidence.read_json(rec_dir / f"{ex_id}.json"))
+        except evidence.EvidenceError:
+            continue
+        if record is not None:
+            result.records[ex_id] = record
     return result
 
 

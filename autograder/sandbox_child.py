@@ -15,17 +15,30 @@ Lifecycle:
    student's transformer_utils and the kit's trusted exercise checks there, run
    ``RUNNERS[id](tu, case_input)`` on each case, save the outputs as ``.npy`` arrays in an
    ``.npz`` archive (never pickle) and a small status JSON; the supervisor enforces the
-   wall-clock timeout and then kills every process of the sandbox user (leftovers included)
-   and records how the process ended in ``rec/<id>.json``.
+   wall-clock timeout (first asking the process for its threads' stacks, so the grader can
+   name the line that was running) and then kills every process of the sandbox user
+   (leftovers included) and records how the process ended in ``rec/<id>.json``.
+
+Each exercise process starts clean: with namespaces it gets a mount namespace of its own
+(fresh /tmp and /dev/shm, the records covered, of the outputs only its own folder), which
+vanishes with its last process; without them, the supervisor deletes what the sandbox user
+left in the shared temporary folders. It cannot start other programs (seccomp refuses
+execve), and the kit's forbidden-op guard is in force in all its threads before the
+student's module is imported.
 
 Everything the exercise process writes is untrusted: the grader checks types, shapes,
 dtypes and values itself, against targets this process never had.
 """
 
+# Everything the exercise processes use is imported here, at start-up: without namespaces the
+# sandbox user may be unable to read the Python installation (e.g. in root's home folder).
+import ctypes
 import json
 import os
 import resource
+import shutil
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -90,8 +103,6 @@ def _drop_all_capabilities():
     """User-namespace mode: we are uid 0 in the namespace; give up every capability for good
     (bounding, effective, permitted, inheritable, ambient), so the process can neither escape
     the chroot nor mount nor signal other users' processes."""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     _drop_bounding_set()
     libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
@@ -186,6 +197,115 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------- isolation of one exercise
+_MS = {"rdonly": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "remount": 32, "bind": 4096,
+       "rec": 16384, "private": 1 << 18}  # fmt: skip
+CLONE_NEWNS = 0x00020000
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    return libc
+
+
+def _mount(libc, source, target, fstype, flags, data=None):
+    args = [None if a is None else a.encode() for a in (source, target, fstype)]
+    bits = 0
+    for name in flags:
+        bits |= _MS[name]
+    if libc.mount(*args, bits, None if data is None else data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def private_view(out_dir):
+    """A mount namespace for this exercise process and what it starts: a fresh /tmp and
+    /dev/shm, the supervisor's records covered, and of the outputs folder only this
+    exercise's own. All of it vanishes with the exercise's last process, so nothing written
+    here is visible to the next exercise. Needs the namespaces' privileges (before the drop)."""
+    libc = _libc()
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError("unshare(CLONE_NEWNS) failed")
+    _mount(libc, None, "/", None, ("rec", "private"))
+    _mount(libc, "tmpfs", "/tmp", "tmpfs", ("nosuid", "nodev"), "mode=1777,size=64m")
+    _mount(libc, "tmpfs", "/dev/shm", "tmpfs", ("nosuid", "nodev"), "mode=1777,size=16m")
+    cover = ("rdonly", "nosuid", "nodev", "noexec")
+    _mount(libc, "agcover", JOB["rec"], "tmpfs", cover, "mode=000,size=4k")
+    keep = os.open(out_dir, os.O_PATH | os.O_DIRECTORY)
+    try:
+        _mount(libc, "agout", JOB["out"], "tmpfs", cover[1:], "mode=0755,size=64k")
+        try:
+            os.mkdir(out_dir, 0o700)
+            _mount(libc, f"/proc/self/fd/{keep}", out_dir, None, ("bind",))
+            _mount(libc, None, JOB["out"], None, ("remount", *cover))
+        except OSError:
+            libc.umount2(JOB["out"].encode(), 2)  # MNT_DETACH: this exercise's folder is back
+            raise
+    finally:
+        os.close(keep)
+
+
+# Folders where any user may create files, swept after each exercise when no private view
+# hides them (no namespaces).
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+
+
+def sweep(uid, folders=SHARED_TMP, depth=3):
+    """Delete what ``uid`` left in the shared temporary folders (its processes are dead)."""
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_uid == uid:
+                    if stat.S_ISDIR(st.st_mode):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+                elif depth > 1 and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o002:
+                    sweep(uid, (entry.path,), depth - 1)  # e.g. a world-writable folder in /tmp
+            except OSError:
+                pass
+
+
+# execve and execveat, per architecture (AUDIT_ARCH value, syscall numbers)
+_EXEC_SYSCALLS = {"x86_64": (0xC000003E, (59, 322)), "aarch64": (0xC00000B7, (221, 281))}
+
+
+def refuse_exec():
+    """seccomp filter: from now on execve/execveat fail with EPERM in this process and every
+    process it forks (x32 and foreign-architecture system calls too). A fresh program, e.g.
+    another Python, would run without the kit's forbidden-op guard; threads and fork are
+    fine (a forked child keeps the guard). Needs no_new_privs. True when installed."""
+    found = _EXEC_SYSCALLS.get(os.uname().machine)
+    if not found:
+        return False
+    arch, calls = found
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                    ("k", ctypes.c_uint32)]  # fmt: skip
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JGE, BPF_RET
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    n = len(calls)
+    code = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny), (load, 0, 0, 0)]
+    code.append((jge, n + 1, 0, 0x40000000))  # x32 system calls (x86_64): refused
+    code += [(jeq, n - i, 0, nr) for i, nr in enumerate(calls)]
+    code += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    filters = (Filter * len(code))(*(Filter(*c) for c in code))
+    program = Program(len(code), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(22, 2, ctypes.byref(program), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
+
+
 # ---------------------------------------------------------------- 1. probe
 def _same_file(item):
     """Whether ``item["path"]``, as the sandbox sees it, is the protected file itself (same
@@ -197,8 +317,9 @@ def _same_file(item):
     return [st.st_dev, st.st_ino] == item["id"]
 
 
-def probe():
-    """Check, as the sandbox user, that the protected paths are out of reach."""
+def probe(paths):
+    """Check, as the sandbox user, that the protected paths are out of reach (``paths``: the
+    grader's ``{"protected", "unwritable"}``), and that programs cannot be started."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -207,7 +328,8 @@ def probe():
         try:
             drop_privileges(JOB["limits"])
             report["uid"] = os.getuid()
-            for item in JOB["protected"]:
+            report["exec_refused"] = refuse_exec()
+            for item in paths["protected"]:
                 path = item["path"]
                 if not _same_file(item):
                     continue  # not there, or another file (e.g. in the private /tmp)
@@ -220,7 +342,7 @@ def probe():
                     report["readable"].append(path)
                 except OSError:
                     pass
-            for item in JOB["unwritable"]:
+            for item in paths["unwritable"]:
                 path = item["path"]
                 if not _same_file(item):
                     continue
@@ -302,7 +424,21 @@ def _classify(exc):
     return "error"
 
 
-def run_exercise(ex):
+def _stage(out_dir, text):
+    """Say what the exercise process is doing (a time-out names it), in its outputs folder."""
+    path = os.path.join(out_dir, "stage.txt")
+    try:
+        os.unlink(path)  # a new file rather than a truncated one: no flush on ext4
+    except OSError:
+        pass
+    try:
+        with open(path, "x", encoding="utf-8") as fh:
+            fh.write(text[:400])
+    except OSError:
+        pass
+
+
+def run_exercise(ex, exec_refused):
     """Body of the fresh exercise process (already unprivileged)."""
     out_dir = os.path.join(JOB["out"], ex["id"])
     status = {"kind": "error", "message": "", "types": {}}
@@ -314,18 +450,26 @@ def run_exercise(ex):
         os._exit(0)
 
     try:
+        import faulthandler
         import pickle
 
         import numpy as np
         import torch
 
         os.chdir(out_dir)
-        sys.path.insert(1, JOB["student"])  # after the kit folder: the kit's files win
-        stage = "importing transformer_utils.py"
-        import transformer_utils as tu
-
+        # on a time-out the supervisor sends SIGUSR1 and this writes every thread's stack
+        # open for the process's whole life
+        stacks = open(os.path.join(out_dir, "stack.txt"), "w", encoding="utf-8")
+        faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
         # the kit's trusted exercise checks, imported before the fork
         from kit.exercise_checks import forbidden, harness, runners
+
+        # before any student code: the forbidden ops are refused in every thread from now on
+        guard = forbidden.guard_process(ex["id"], os.path.join(out_dir, "forbidden.log"))
+        sys.path.insert(1, JOB["student"])  # after the kit folder: the kit's files win
+        stage = "importing transformer_utils.py"
+        _stage(out_dir, stage)
+        import transformer_utils as tu
 
         with open(os.path.join(JOB["inputs"], ex["id"] + ".pkl"), "rb") as fh:
             cases = _decode(pickle.load(fh))
@@ -333,30 +477,58 @@ def run_exercise(ex):
         arrays, types = {}, {}
         for i, case_input in enumerate(cases):
             stage = f"running case {i + 1} of {len(cases)} [{harness.describe_input(case_input)}]"
+            _stage(out_dir, stage)
             torch.manual_seed(0)
             with forbidden.forbidden_ops(ex["id"]), harness.warnings_at_student_lines():
                 result = runner(tu, case_input)
             _flatten(result, f"c{i}", arrays, types)
+        guard.check()  # a thread or a forked child that used one after its case ended
         status["types"] = types
         stage = "saving the outputs"
+        _stage(out_dir, stage)
         # only plain numeric arrays go back; np.savez refuses nothing, the grader checks
         np.savez(
             os.path.join(out_dir, "outputs.npz"), **{k: np.asarray(v) for k, v in arrays.items()}
         )
         status["kind"] = "ok"
     except BaseException as exc:
-        status["kind"] = _classify(exc)
-        status["message"], status["traceback"] = _describe_failure(
-            exc, locals().get("stage", "starting")
-        )
+        try:
+            status["kind"] = _classify(exc)
+            status["message"], status["traceback"] = _describe_failure(
+                exc, locals().get("stage", "starting"), exec_refused
+            )
+        except BaseException:  # an exception whose text cannot even be computed
+            status["message"] = f"{type(exc).__name__} (its message could not be shown)"
     finish()
 
 
-def _describe_failure(exc, stage):
+_EXEC_FILES = ("subprocess.py", "os.py", "popen_spawn_posix.py", "popen_forkserver.py",
+               "spawn.py", "forkserver.py", "util.py", "pty.py")  # fmt: skip
+
+
+def _exec_refused_note(exc):
+    """A note when ``exc`` (or what it came from) is the refusal to start a program."""
+    seen = 0
+    while exc is not None and seen < 5:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if isinstance(exc, OSError) and any(
+            os.path.basename(f.filename) in _EXEC_FILES for f in frames[-4:]
+        ):
+            return (
+                "\nNote: exercise processes may not start other programs (subprocess, os.exec*, "
+                "multiprocessing's spawn and forkserver); compute the answer in this process."
+            )
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return ""
+
+
+def _describe_failure(exc, stage, exec_refused=False):
     """(message, where): the exception and the case it happened in, then the lines of the
     student's transformer_utils.py it came from (the kit's and torch's frames are noise to a
     student, so they are left out unless the student's file is not involved at all)."""
     message = f"{type(exc).__name__} while {stage}: {exc}".strip()[:2000]
+    if exec_refused:
+        message += _exec_refused_note(exc)
     frames = traceback.extract_tb(exc.__traceback__)
     mine = [f for f in frames if os.path.basename(f.filename) == "transformer_utils.py"]
     if not mine:
@@ -368,11 +540,98 @@ def _describe_failure(exc, stage):
     return message, "\n".join(where)[-3000:]
 
 
+def _read_paths():
+    """The grader's protected paths (host paths, for the probe only): read, then deleted, so
+    that neither the job file nor this process's memory shows them to student code."""
+    where = os.path.join(JOB["rec"], "paths.json")
+    with open(where, encoding="utf-8") as fh:
+        paths = json.load(fh)
+    try:
+        os.unlink(where)
+    except OSError:
+        pass
+    return paths
+
+
+def _dump_stacks(pid, out_dir):
+    """Ask a timed-out exercise process for its threads' stacks (faulthandler, registered
+    before the student's module was imported, writes them to stack.txt) before killing it."""
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return
+    last, end = -1, time.monotonic() + 0.5
+    while time.monotonic() < end:  # the handler runs at once, even inside a long C call
+        time.sleep(0.02)
+        try:
+            size = os.stat(os.path.join(out_dir, "stack.txt")).st_size
+        except OSError:
+            size = 0
+        if size and size == last:
+            return
+        last = size
+
+
+def _wait_exercise(pid, deadline, out_dir):
+    """Wait for the exercise process until ``deadline``; ``(timed_out, wait status)``."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False, status
+        if time.monotonic() > deadline:
+            _dump_stacks(pid, out_dir)
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            return True, os.waitpid(pid, 0)[1]
+        time.sleep(0.01)
+
+
+def run_one(ex, namespaces, exec_ok):
+    """Fork the exercise's fresh process, wait for it, clean up after it; its record."""
+    out_dir = os.path.join(JOB["out"], ex["id"])
+    if DROP:
+        os.chown(out_dir, UID, GID)  # writable by this exercise's process only
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if namespaces:
+                try:
+                    private_view(out_dir)
+                except OSError:
+                    pass  # the supervisor's sweep still clears the shared folders
+            drop_privileges(JOB["limits"])
+            run_exercise(ex, exec_ok and refuse_exec())
+        finally:
+            os._exit(98)
+    timed_out, status = _wait_exercise(pid, start + ex["timeout_s"], out_dir)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    kill_sandbox_user()
+    if DROP or namespaces:
+        sweep(UID)  # anything left where the next exercise could see it
+    if DROP:
+        os.chown(out_dir, 0, 0)  # later exercises cannot touch these outputs
+        os.chmod(out_dir, 0o700)
+    return {
+        "timed_out": timed_out,
+        "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        "wall_s": round(time.monotonic() - start, 3),
+        "cpu_children_s": round(usage.ru_utime + usage.ru_stime, 3),
+    }
+
+
 def main():
     os.umask(0o022)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _oom_score(-900)  # the supervisor outlives the exercise processes
-    report = probe()
+    paths = _read_paths()
+    report = probe(paths)
+    site_dirs = paths.get("site_dirs", [])
+    del paths
     _say("probe " + json.dumps(report))  # first line of the pipe, before any student code
     unsafe = report.get("error") or report.get("readable") or report.get("writable")
     if JOB["require_safe"] and unsafe:
@@ -384,11 +643,12 @@ def main():
             },
         )
         return
-    for path in JOB.get("site_dirs", []):  # e.g. a user site that `python -I` skips
+    for path in site_dirs:  # e.g. a user site that `python -I` skips
         if path not in sys.path:
             sys.path.append(path)
     try:
-        import io  # noqa: F401  (warm the caches)
+        import faulthandler  # noqa: F401  (warm the caches)
+        import io  # noqa: F401
         import pickle  # noqa: F401
         import zipfile  # noqa: F401
 
@@ -410,50 +670,10 @@ def main():
         raise
     write_json(os.path.join(JOB["rec"], "startup.json"), {"ok": True})
     _say("torch imported")
+    namespaces = bool(JOB.get("namespaces"))
     for ex in JOB["exercises"]:
         _say(f"running exercise {ex['id']}")
-        out_dir = os.path.join(JOB["out"], ex["id"])
-        if DROP:
-            os.chown(out_dir, UID, GID)  # writable by this exercise's process only
-        start = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                drop_privileges(JOB["limits"])
-                run_exercise(ex)
-            finally:
-                os._exit(98)
-        timed_out, status = False, None
-        deadline = start + ex["timeout_s"]
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                timed_out = True
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                _, status = os.waitpid(pid, 0)
-                break
-            time.sleep(0.01)
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        kill_sandbox_user()
-        if DROP:
-            os.chown(out_dir, 0, 0)  # later exercises cannot touch these outputs
-            os.chmod(out_dir, 0o700)
-        rec = {
-            "timed_out": timed_out,
-            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "wall_s": round(time.monotonic() - start, 3),
-            "cpu_children_s": round(usage.ru_utime + usage.ru_stime, 3),
-        }
+        rec = run_one(ex, namespaces, bool(report.get("exec_refused")))
         write_json(os.path.join(JOB["rec"], ex["id"] + ".json"), rec)
     _say("all exercises done")
 

@@ -1,8 +1,12 @@
 """Instructor commands.
 
-python -m instructor release OUT_DIR [--force]          the student starter
-python -m instructor gradescope OUT_ZIP --labels DIR    the Gradescope autograder zip
+python -m instructor release [--assignment NAME] OUT_DIR [--force]   a course's student starter
+python -m instructor gradescope [--assignment NAME] OUT_ZIP [--labels DIR]   its Gradescope zip
+python -m instructor readme                     README.md's generated blocks and course.yml, for the default course
 python -m instructor.reference_data                     regenerate test_data and hidden data
+
+NAME is a course of instructor/assignments/ (cs444_mp3, the default; cs771_hw2, iiit_a5,
+uva_vit, xcs231n_a3) or the path of an assignment file.
 """
 
 import argparse
@@ -23,17 +27,24 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("release", help="write the student starter into OUT_DIR")
     r.add_argument("out_dir")
-    r.add_argument("--assignment", help="assignment YAML (default instructor/assignment.yml)")
+    r.add_argument(
+        "--assignment", help="a course of instructor/assignments/ or a path (default cs444_mp3)"
+    )
     r.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
     g = sub.add_parser("gradescope", help="build the Gradescope autograder zip")
     g.add_argument("out_zip")
+    g.add_argument("--labels", help="folder with the true labels of the graded prediction files")
     g.add_argument(
-        "--labels", required=True, help="folder with the true test_flower.txt / test_pixmo.txt"
+        "--assignment", help="a course of instructor/assignments/ or a path (default cs444_mp3)"
     )
-    g.add_argument("--assignment", help="assignment YAML (default instructor/assignment.yml)")
+    sub.add_parser("readme", help="rewrite README.md's generated blocks (default course)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "release":
+        if args.command == "readme":
+            from .release import update_readme
+
+            print("README.md and course.yml updated" if update_readme() else "up to date")
+        elif args.command == "release":
             from .release import build_release
 
             files = build_release(args.out_dir, assignment_path=args.assignment, force=args.force)

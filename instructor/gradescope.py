@@ -25,9 +25,10 @@ import numpy as np
 
 from autograder import data as agdata
 from autograder.assignment import KIT_ROOT, load_assignment, sandbox_kit_files
+from autograder.assignment import assignment_path as course_file
 from autograder.predictions import PredictionError, read_labels
 
-from .release import ReleaseError, find_regions
+from .markers import ReleaseError, find_regions
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 TEMPLATES = Path(__file__).resolve().parent / "gradescope_files"
@@ -56,10 +57,14 @@ def deterministic_npz(arrays):
 def build_zip(out_zip, labels_dir, root=KIT_ROOT, assignment_path=None):
     """Write the Gradescope zip; return the sorted list of entry names."""
     root = Path(root)
-    assignment_path = Path(assignment_path or root / "instructor" / "assignment.yml")
+    assignment_path = course_file(assignment_path)
     assignment = load_assignment(assignment_path)
-    labels_dir = Path(labels_dir)
     entries = {}
+    if assignment.predictions and labels_dir is None:
+        raise ReleaseError(
+            f"{assignment.path.name} grades prediction files: pass --labels with their true labels"
+        )
+    labels_dir = Path(labels_dir or ".")
     try:
         read_labels(labels_dir, assignment.predictions)  # refuse to ship broken labels
     except PredictionError as exc:

@@ -21,9 +21,17 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch.distributed as dist
+import yaml
 from absl import app, flags
 
-from kit.config import ConfigError, load_preset, read_data_sources, to_dict
+from kit.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    apply_overrides,
+    load_preset,
+    read_data_sources,
+    to_dict,
+)
 from kit.distributed import DistContext
 from kit.errors import UserError
 from kit.runs import check_resume_config, prepare_run_dir, setup_logging, write_config
@@ -31,7 +39,7 @@ from kit.stopping import run_main
 from kit.trainer import TrainConfig, Trainer
 
 FLAGS = flags.FLAGS
-DEMO_FLAGS = ("exp_name", "output_dir", "data_dir", "weights", "resume", "config")
+DEMO_FLAGS = ("exp_name", "output_dir", "data_dir", "weights", "resume", "config", "set")
 C = TypeVar("C")
 
 
@@ -58,12 +66,34 @@ def define_flags(
     flags.DEFINE_string("weights", None, weights_help)
     flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its checkpoint.pt.")
     flags.DEFINE_string("config", None, "Presets file (default: config.yml next to this script).")
+    flags.DEFINE_multi_string(
+        "set",
+        [],
+        "Change one setting of the preset for this run, e.g. --set epochs=1 --set lr=0.01 "
+        "(KEY=VALUE, VALUE read as YAML; checked like a preset's keys).",
+    )
+
+
+def setting_overrides(pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` flags as a mapping; each VALUE is read as YAML (``1`` an int,
+    ``0.1`` a float, ``[32, 64]`` a list, ``none`` a text)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {pair}: give KEY=VALUE, e.g. --set epochs=1")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            raise UserError(f"--set {pair}: {value!r} is not a value; e.g. --set lr=0.01") from None
+    return overrides
 
 
 def resolve_config(section: str, config_cls: type[C]) -> C:
-    """The preset named by --exp_name, with --data_dir and --weights applied."""
+    """The preset named by --exp_name, with --set, --data_dir and --weights applied."""
     try:
         cfg = load_preset(section, FLAGS.exp_name, config_cls, FLAGS.config)
+        cfg = apply_overrides(cfg, setting_overrides(FLAGS.set), where="--set")
     except ConfigError as err:
         raise UserError(str(err)) from None
     if FLAGS.data_dir is not None:
@@ -87,12 +117,20 @@ def output_dir() -> Path:
 
 def data_source(name: str) -> str:
     """Where the real data set ``name`` ("flowers", "pixmo", ...) comes from: the
-    ``data_sources:`` entry of the kit's config.yml (a URL or a path)."""
+    ``data_sources:`` entry of the presets file (--config), else of the kit's config.yml
+    (a URL or a path)."""
+    given = FLAGS.config if "config" in FLAGS and FLAGS.config else None
+    files = [given] if given else []
+    if DEFAULT_CONFIG_PATH.is_file() or not files:
+        files.append(None)  # the kit's config.yml
     try:
-        sources = read_data_sources()
+        for path in files:
+            where = read_data_sources(path).get(name)
+            if where:
+                return where
     except ConfigError as err:
         raise UserError(str(err)) from None
-    return sources.get(name) or "ask your course staff"
+    return "ask your course staff"
 
 
 def synthetic_banner(banner: str, name: str, default_dir: str) -> str:

@@ -1,6 +1,6 @@
 """A finished (or stopped) run folder, read back: its settings, its model, its test images.
 
-The one way the kit opens a run after training, shared by report.py, adversarial.py and the
+The one way the kit opens a run after training, shared by report.py, the attack command and the
 demos' tools:
 
 - ``read_run(path)`` -> ``Run``: the folder's config.yaml, which demo wrote it (``kind``),
@@ -25,20 +25,36 @@ import torch
 import yaml
 
 from kit.errors import UserError
-from kit.runs import CONFIG_FILE, LOG_FILE
+from kit.runs import BEST_FILE, CONFIG_FILE, LOG_FILE
 
 SUMMARY_FILE = "summary.json"  # Question 4's and 5's end-of-run summary
 KIND_NAMES = {
-    "flower": "a flower run (Question 2, demo_flower.py)",
-    "pixmo": "a PixMo run (Question 3, demo_pixmo.py)",
-    "scratch": "a Question 4 run (demo_scratch.py)",
-    "caption": "a captioning run (Question 5, demo_caption.py)",
+    "flower": "a flower run (Question 2)",
+    "pixmo": "a PixMo run (Question 3)",
+    "scratch": "a Question 4 run (training from scratch)",
+    "caption": "a captioning run (Question 5)",
 }
 NOT_IN_KIT = {
-    "scratch": "Question 4 (demo_scratch.py) is not in this kit",
-    "caption": "Question 5 (demo_caption.py) is not in this kit",
+    "scratch": "Question 4 (training from scratch) is not in this kit",
+    "caption": "Question 5 (captioning) is not in this kit",
 }
-DEMOS = "demo_flower.py, demo_pixmo.py, demo_scratch.py or demo_caption.py"
+
+
+def demo_script(kind):
+    """The demo that trains runs of this kind (demo_<kind>.py at the kit's root)."""
+    return f"demo_{kind}.py"
+
+
+# The test predictions each kind of run writes (one class per line, in test-set order).
+PREDICTIONS = {
+    "flower": "test_flower.txt",
+    "pixmo": "test_pixmo.txt",
+    "scratch": "test_predictions.txt",
+}
+
+
+class NotTrainedYet(UserError):
+    """The run has no finished epoch (or no best.pt) yet: still training, or stopped."""
 
 
 @dataclass
@@ -75,6 +91,19 @@ class Run:
             return bool(self.config["synthetic_data"])
         return "SYNTHETIC DATA" in self.log_text
 
+    def not_trained_yet(self, what: str) -> NotTrainedYet:
+        """The error for a run that lacks ``what`` because no epoch has finished: wait if it
+        is still training; if it stopped, the command that continues it."""
+        command = (
+            f"python {demo_script(self.kind)} --exp_name "
+            f"{self.config.get('exp_name', '<preset>')} --output_dir {self.path} --resume"
+        )
+        return NotTrainedYet(
+            f"{self.path} has no {what} yet: no epoch of it has finished. If it is still "
+            f"training, wait for its first epoch; if it stopped, continue it with {command} "
+            "(and the other flags it was started with)"
+        )
+
 
 def run_kind(config: dict) -> str | None:
     """Which demo wrote a config.yaml, from the keys only that demo has."""
@@ -99,7 +128,7 @@ def read_run(path: str | Path) -> Run:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise UserError(
-            f"{path} is not a run folder (no {CONFIG_FILE}); give the --output_dir of a {DEMOS} run"
+            f"{path} is not a run folder (no {CONFIG_FILE}); give the --output_dir of a demo's run"
         )
     try:
         config = yaml.safe_load(config_path.read_text())
@@ -109,7 +138,7 @@ def read_run(path: str | Path) -> Run:
         raise UserError(f"{config_path} is not a YAML mapping of settings; was it edited by hand?")
     kind = run_kind(config)
     if kind is None:
-        raise UserError(f"{config_path} was not written by {DEMOS}")
+        raise UserError(f"{config_path} was not written by one of the kit's demos")
     return Run(path, path.resolve().name, config, kind)
 
 
@@ -166,6 +195,8 @@ def load_trained_model(
     when the data folder is here (None)."""
     if not isinstance(run, Run):
         run = read_run(run)
+    if not (run.path / BEST_FILE).is_file():
+        raise run.not_trained_yet(BEST_FILE)
     if run.kind == "scratch":
         cfg, model = scratch_recipe().load_run_model(run.path)
         return TrainedModel(run, cfg, model.eval(), "every weight from best.pt")

@@ -205,6 +205,10 @@ def check_resume_config(run_dir: Path, config: dict, defaults: dict | None = Non
         return defaults.get(key, missing) if value is missing else value
 
     differ = sorted(k for k in set(saved) | set(now) if was(k) != now.get(k, missing))
+    if saved.get("synthetic_data") and now.get("synthetic_data") and "data_dir" in differ:
+        # Generated data is defined by its generation settings (compared above), not by
+        # where the kit keeps it (one folder per size since the kit moved its folders).
+        differ.remove("data_dir")
     if differ:
         raise UserError(
             f"--resume: the settings differ from {saved_path} in {', '.join(differ)}; "

@@ -104,7 +104,7 @@ def stop_on_signals():
 def resume_command(argv: list[str] | None = None) -> str:
     """The command line that continues this run: the one that started it, plus --resume.
 
-    ``sys.orig_argv`` is the command as typed (``python demo_flower.py --exp_name ...``).
+    ``sys.orig_argv`` is the command as typed (``python demo_<question>.py --exp_name ...``).
     Under torchrun or srun each worker sees only its own command line, so the advice is
     then to repeat the launcher's command.
     """

@@ -32,7 +32,7 @@ SIGTERM, SIGUSR1 or a first Ctrl-C -> finish the current step, write the checkpo
 ``kit.stopping.Preempted`` (the demos exit with status 75 so Slurm requeues the job).
 "Stopped at" and "resumed from" name the same position in the same words (``position``).
 
-Example (what demo_flower.py does)::
+Example (what the flower demo does)::
 
     ctx = init_distributed()
     model = ViTPrompt(102).to(ctx.device)

@@ -633,7 +633,7 @@ def not_question_4_message():
     try:
         import kit.scratch.recipe  # noqa: F401
     except ModuleNotFoundError:
-        return "Question 4 (demo_scratch.py) is not in this kit"
+        return "Question 4 (training from scratch) is not in this kit"
     return "is not a Question 4 run"
 
 

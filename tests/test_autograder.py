@@ -22,7 +22,7 @@ from autograder.predictions import PredictionError, credit, parse_lines, read_ca
 from autograder.results import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSIGNMENT = load_assignment(ROOT / "instructor" / "assignment.yml")
+ASSIGNMENT = load_assignment(ROOT / "instructor" / "assignments" / "cs444_mp3.yml")
 
 
 # ---------------------------------------------------------------- prediction files
@@ -211,7 +211,7 @@ def test_default_assignment_is_the_original_one():
     assert a.student_exercises == ["self_attention", "layer_norm"]
     # Every other exercise is stubbed practice: their solutions would give the graded ones away.
     declared = set(read_declarations(ROOT / "test_functions.py"))
-    assert set(a.stubbed_exercises) == declared
+    assert set(a.stubbed_exercises(declared)) == declared
     assert a.exercise_points == {"self_attention": 2, "layer_norm": 2}
     parts = {p.file: (p.points, p.threshold) for p in a.predictions}
     assert parts == {
@@ -367,3 +367,25 @@ def test_slurm_array_script_splits_the_folders_and_merges(tmp_path, labels):
     rows = (out / "grades.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == names
     assert all((out / "results" / n / "results.json").is_file() for n in names)
+
+
+def test_grade_all_csv_says_present_or_missing_and_the_summary_reads_top_down():
+    """A required file (0 points) reads present/missing in grades.csv, not 0 either way; the
+    console summary starts with the grader's header, ends with the total, and elides long
+    outputs with a pointer to --full-output."""
+    from autograder.grade import REQUIRED_FILE_TAG, summary
+    from autograder.grade_all import _cell
+
+    present = {"score": 0.0, "max_score": 0.0, "status": "passed", "tags": [REQUIRED_FILE_TAG]}
+    missing = dict(present, status="failed")
+    assert (_cell(present), _cell(missing)) == ("present", "missing")
+    assert _cell({"score": 1.5, "max_score": 2.0, "status": "failed"}) == "1.5"
+    results = {
+        "output": "Autograder for X.",
+        "tests": [{"name": "t", "score": 1, "max_score": 2, "output": "\n".join("abcdefghij")}],
+        "execution_time": 1.0,
+    }
+    text = summary(results).splitlines()
+    assert text[0] == "Autograder for X." and text[-1].startswith("Total: 1/2")
+    assert "4 more line(s): --full-output shows them" in text[-2]
+    assert len(summary(results, None).splitlines()) == len(text) + 3  # all 10 lines, no pointer

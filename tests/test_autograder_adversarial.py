@@ -119,6 +119,9 @@ def _prediction_variant(variant, labels, num_classes):
     if variant == "negative":
         lines[2] = "-1"
         return "".join(f"{y}\n" for y in lines).encode()
+    if variant == "huge_number":
+        lines[3] = "9" * 5000
+        return "".join(f"{y}\n" for y in lines).encode()
     raise ValueError(variant)
 
 
@@ -276,6 +279,8 @@ def test_case_outcome(request, run, case):
     text, res = graded["results"][case]
     assert "FORGED" not in text and res.get("score") != 999, f"{case}: results.json was forged"
     assert res["tests"], res["output"]
+    # strict JSON in valid UTF-8: no lone surrogate, not even escaped
+    json.dumps(res, ensure_ascii=False).encode("utf-8", "strict")
     expect = _spec(case).get("EXPECT", {})
     for key, words in PARTS.items():
         matching = [t for t in res["tests"] if words in t["name"]]
@@ -285,6 +290,15 @@ def test_case_outcome(request, run, case):
         assert test["score"] == pytest.approx(points), f"{case}/{key}: {test['output']}"
         assert needle.lower() in test["output"].lower(), f"{case}/{key}: {test['output']}"
     assert res["score"] == pytest.approx(sum(t["score"] for t in res["tests"]))
+
+
+def test_a_time_out_names_the_students_line(sample):
+    """The supervisor asks a timed-out exercise for its stacks before killing it."""
+    _, res = sample["results"][SAMPLE[1]]
+    sa = next(t for t in res["tests"] if "SelfAttention" in t["name"])
+    assert "while running case 1 of" in sa["output"], sa["output"]
+    where = r"It was running transformer_utils\.py:\d+ in _forward:  (pass|while True:)"
+    assert re.search(where, sa["output"]), sa["output"]
 
 
 def test_correct_submission_gets_full_marks(graded):

@@ -378,6 +378,29 @@ def test_the_command_line_refuses_bad_input_in_one_line(command_line):
     assert snapshot(command_line.cwd) == {}
 
 
+def test_a_student_release_names_every_unwritten_exercise_before_any_data(tmp_path):
+    """XCS231N's release as students get it: every exercise the captioner needs is a stub,
+    and the demo names them all in one line before it reads or generates any data."""
+    from instructor.release import build_release
+
+    release = tmp_path / "student"
+    build_release(release, assignment_path="xcs231n_a3")
+    result = subprocess.run(
+        [sys.executable, "demo_caption.py", "--exp_name", "caption_smoke"],
+        cwd=release,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for number in ("1.2 (", "1.3 (", "1.4 (", "1.7 (", "1.13 (CaptioningTransformer.forward"):
+        assert number in lines[0], (number, lines[0])
+    assert not (release / "synthetic-data").exists() and not (release / "runs").exists()
+
+
 # ---------------------------------------------------------------- slow: as a user runs it
 
 

@@ -25,7 +25,7 @@ from kit.exercise_checks import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GRADED = load_assignment(ROOT / "instructor" / "assignment.yml").student_exercises
+GRADED = load_assignment(ROOT / "instructor" / "assignments" / "cs444_mp3.yml").student_exercises
 VARIANTS = [v for exercise_id in GRADED for v in reference_data.corpus(exercise_id)]
 METHOD = {info["id"]: f"test_{info['id']}" for info in harness.EXERCISES.values()}
 REFERENCE = (ROOT / "transformer_utils.py").read_text(encoding="utf-8")

@@ -553,8 +553,14 @@ MISTAKES = [
     (
         "vision_transformer",
         "tokens = self.norm(tokens)  # (B, T, E)",
-        "tokens = tokens",
+        "",
         "final LayerNorm self.norm is skipped",
+    ),
+    (
+        "vision_transformer",
+        'pooled = tokens[:, 1:].mean(dim=1) if self.pool == "mean" else tokens[:, 0]',
+        "pooled = tokens[:, 0]",
+        "pool='mean' is ignored",
     ),
     (
         "positional_encoding",
@@ -818,7 +824,8 @@ def test_the_summary_counts_from_the_data_in_a_student_release(tmp_path, monkeyp
         == f"graded exercises passed 1/2, practice passed 1/{PRACTICE} ({PRACTICE - 1} not run)"
     )
     monkeypatch.setattr(harness, "DATA_DIR", str(ROOT / "test_data"))
-    assert harness.summary_line(outcomes) == line  # the same from instructor/assignment.yml
+    # the same from instructor/assignments/cs444_mp3.yml
+    assert harness.summary_line(outcomes) == line
 
 
 @pytest.mark.parametrize("pos_embedding", ["none", "learned1d", "learned2d", "sinusoidal"])

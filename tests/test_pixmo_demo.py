@@ -115,8 +115,9 @@ def test_smoke_preset_end_to_end(tmp_path):
     log = (run / "train.log").read_text()
     assert "SYNTHETIC DATA" in log and "SYNTHETIC DATA" in result.stdout
     assert "synthetic test accuracy" in log
-    # Generated in its own folder, never where the real data goes.
-    assert (tmp_path / "synthetic-data" / "pixmo_data" / "test_labels.txt").is_file()
+    # Generated in its own folder (one per size), never where the real data goes.
+    made = list((tmp_path / "synthetic-data").glob("pixmo_data*/test_labels.txt"))
+    assert len(made) == 1 and made[0].parent.name.startswith("pixmo_data-"), made
     assert not (tmp_path / "pixmo_data").exists()
     print(f"pixmo_smoke end to end: {seconds:.1f}s")
 
@@ -334,8 +335,9 @@ def test_a_tiny_run_stopped_by_sigterm_resumes_and_finishes_end_to_end(demo, tmp
     log = (run / "train.log").read_text()
     assert "SYNTHETIC DATA" in log and "SYNTHETIC DATA" in out
     assert "synthetic test accuracy" in log
-    # Generated in its own folder, never where the real data goes.
-    assert (tmp_path / "synthetic-data" / "pixmo_data" / "test_labels.txt").is_file()
+    # Generated in its own folder (one per size), never where the real data goes.
+    made = list((tmp_path / "synthetic-data").glob("pixmo_data*/test_labels.txt"))
+    assert len(made) == 1 and made[0].parent.name.startswith("pixmo_data-"), made
     assert not (tmp_path / "pixmo_data").exists()
 
     before = snapshot(tmp_path)

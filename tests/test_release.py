@@ -17,24 +17,27 @@ from pathlib import Path
 import pytest
 
 from autograder.assignment import load_assignment
+from autograder.declarations import read_declarations
 from instructor import release as release_module
+from instructor.markers import ReleaseError, find_regions, strip_internal_markers, stub_source
+from instructor.parts import check_listing, load_parts, select, shipped_files
+from instructor.readme import strip_instructor_text, student_readme
 from instructor.release import (
-    ReleaseError,
     build_release,
-    check_listing,
-    find_regions,
-    generated_readme_block,
+    course,
+    instructor_course,
+    instructor_readme,
     render_config,
-    render_readme,
-    strip_instructor_text,
-    strip_internal_markers,
-    stub_source,
-    student_readme,
+    upload_list,
 )
 from kit.config import read_data_sources
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSIGNMENT = load_assignment(ROOT / "instructor" / "assignment.yml")
+ASSIGNMENT = load_assignment("cs444_mp3")  # the default course
+PARTS = load_parts()
+SELECTION = select(ASSIGNMENT, PARTS)
+DECLARATIONS = read_declarations(ROOT / "test_functions.py")
+STUBBED = ASSIGNMENT.stubbed_exercises(DECLARATIONS)
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +58,32 @@ def _tree(folder):
 
 
 def test_every_tracked_top_level_entry_is_shipped_or_excluded():
-    unlisted = check_listing(ASSIGNMENT, ROOT)
-    assert unlisted == [], f"add these to release.files or release.exclude: {unlisted}"
+    unlisted = check_listing(ROOT, PARTS)
+    assert unlisted == [], (
+        f"add these to a part, always or never in instructor/parts.yml: {unlisted}"
+    )
 
 
 def test_only_listed_files_and_public_data_ship(release):
     top = {p.name for p in release.iterdir()}
-    assert top <= set(ASSIGNMENT.release_files) | {"test_data"}
+    assert top <= set(SELECTION.entries) | {"test_data"}
     for name in ("instructor", "autograder", "tests", "benchmarks", ".ci", "pyproject.toml"):
         assert name not in top
-    for name in ASSIGNMENT.release_files:
+    for name in SELECTION.entries:
         assert ((ROOT / name).exists()) == (name in top), name
-    # A listed folder ships whole (kit/): every file of it, caches left out.
-    in_kit = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "kit").rglob("*.py"))
+    # A listed folder ships whole (kit/): every file of it but the packages of other parts.
+    dropped = [ROOT / d for d in SELECTION.dropped_kit]
+    in_kit = sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "kit").rglob("*.py")
+        if not any(p == d or d in p.parents for d in dropped)
+    )
     assert (
         sorted(p.relative_to(release).as_posix() for p in (release / "kit").rglob("*.py")) == in_kit
     )
+    assert "kit/scratch/recipe.py" not in in_kit and "kit/flower/recipe.py" in in_kit
     assert not list(release.rglob("__pycache__"))
-    shipped = sorted(p.name for p in (release / "test_data").iterdir())
+    shipped = sorted(p.name for p in (release / "test_data").iterdir() if p.suffix == ".pkl")
     assert shipped == sorted(p.name for p in (ROOT / "test_data").glob("*.pkl"))
     hidden = {p.read_bytes() for p in (ROOT / "autograder" / "reference_data").glob("*.pkl")}
     assert not any(p.read_bytes() in hidden for p in (release / "test_data").iterdir())
@@ -88,7 +99,7 @@ def test_student_exercises_are_stubbed_and_given_ones_kept(release):
     lines = original.splitlines()
     for region in find_regions(original, "transformer_utils.py"):
         body = [ln for ln in lines[region.begin : region.end - 1] if ln.strip()]
-        if region.exercise in ASSIGNMENT.stubbed_exercises:
+        if region.exercise in STUBBED:
             assert not any(ln in shipped.splitlines() for ln in body if "return" in ln or "=" in ln)
         else:
             assert all(ln in shipped for ln in body), region.exercise
@@ -103,7 +114,7 @@ def test_instructor_readme_section_is_removed(release):
 def test_student_readme_names_no_folder_students_do_not_get(release):
     """Every command in the student README must work in the student's tree."""
     text = (release / "README.md").read_text()
-    excluded = [e for e in ASSIGNMENT.release_exclude if (ROOT / e).is_dir() and e != "test_data"]
+    excluded = [e for e in PARTS.never if (ROOT / e).is_dir() and e != "test_data"]
     for folder in excluded:
         lines = [line for line in text.splitlines() if f"{folder}/" in line]
         assert not lines, (
@@ -142,7 +153,7 @@ def _ship_one_file(monkeypatch):
     """build_release stubs and renders every shipped file before it looks at the output
     folder; a refusal needs none of that work, so only transformer_utils.py ships."""
     only = ["transformer_utils.py"]
-    monkeypatch.setattr(release_module, "shipped_files", lambda root, names: only)
+    monkeypatch.setattr(release_module, "shipped_files", lambda root, selection: only)
 
 
 def test_release_refuses_a_non_empty_folder(tmp_path, monkeypatch):
@@ -240,9 +251,9 @@ def test_released_stubs_fail_with_not_implemented_in_process(release, monkeypatc
     result = unittest.TextTestRunner(stream=stream, verbosity=2).run(suite)
     out = stream.getvalue()
     assert not result.wasSuccessful()
-    for ex in ASSIGNMENT.stubbed_exercises:
+    for ex in STUBBED:
         assert f"test_{ex} (test_functions.TestClass.test_{ex}) ... FAIL" in out, out[-3000:]
-    assert out.count("not implemented yet") >= len(ASSIGNMENT.stubbed_exercises)
+    assert out.count("not implemented yet") >= len(STUBBED)
 
 
 @pytest.mark.slow
@@ -258,9 +269,9 @@ def test_released_tree_runs_and_stubs_fail_with_not_implemented(release):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    for ex in ASSIGNMENT.stubbed_exercises:
+    for ex in STUBBED:
         assert f"test_{ex} (test_functions.TestClass.test_{ex}) ... FAIL" in out, out[-3000:]
-    assert out.count("not implemented yet") >= len(ASSIGNMENT.stubbed_exercises)
+    assert out.count("not implemented yet") >= len(STUBBED)
     for demo in sorted(p.stem for p in release.glob("demo_*.py")):
         # one process per demo: each defines its own absl flags
         imp = subprocess.run(
@@ -314,7 +325,7 @@ def expected_uploads(assignment=ASSIGNMENT):
     graded exercise, then the prediction files, then the required files."""
     graded = [
         name
-        for name in assignment.release_files
+        for name in shipped_files(ROOT, select(assignment, PARTS))
         if name.endswith(".py")
         and (ROOT / name).is_file()
         and any(
@@ -344,15 +355,18 @@ def test_student_readme_lists_exactly_the_files_to_upload(release):
 
 
 def test_repository_copies_of_generated_text_are_up_to_date():
-    """README.md's generated block and config.yml's data_sources equal what the release
-    writes from instructor/assignment.yml (edit the assignment, then copy them over)."""
+    """README.md's generated blocks and config.yml's data_sources equal what the release
+    writes from the default course, instructor/assignments/cs444_mp3.yml (edit the
+    assignment, then run `python -m instructor readme`, and copy data_sources over)."""
     readme = (ROOT / "README.md").read_text()
-    assert render_readme(readme, ASSIGNMENT) == readme, (
-        "README.md's <!-- BEGIN generated --> block is out of date; replace it with:\n"
-        + generated_readme_block(ASSIGNMENT)
+    assert instructor_readme(readme) == readme, (
+        "README.md's generated blocks are out of date: run python -m instructor readme"
+    )
+    assert instructor_course() == (ROOT / "course.yml").read_text(), (
+        "course.yml is out of date: run python -m instructor readme"
     )
     assert read_data_sources(ROOT / "config.yml") == ASSIGNMENT.data_sources, (
-        "config.yml's data_sources differ from instructor/assignment.yml's"
+        "config.yml's data_sources differ from instructor/assignments/cs444_mp3.yml's"
     )
 
 
@@ -361,7 +375,7 @@ URL = "https://example.org/course/flowers.tar"
 
 def _custom_assignment(folder):
     """The assignment file with a data URL set and one more required file."""
-    text = (ROOT / "instructor" / "assignment.yml").read_text()
+    text = (ROOT / "instructor" / "assignments" / "cs444_mp3.yml").read_text()
     custom = text.replace('flowers: "the link on your course page"', f'flowers: "{URL}"').replace(
         "required_files:\n", 'required_files:\n  - {file: report.pdf, name: "report"}\n'
     )
@@ -373,8 +387,12 @@ def _custom_assignment(folder):
 def test_data_sources_set_in_the_assignment_reach_the_students_readme_and_config(tmp_path):
     """In-process form of the test below: what the release writes into README.md and
     config.yml from a changed assignment file (no release, no demo)."""
-    custom_assignment = load_assignment(_custom_assignment(tmp_path))
-    readme = student_readme((ROOT / "README.md").read_text(), custom_assignment)
+    assignment, selection, declarations, roles = course(_custom_assignment(tmp_path))
+    upload = upload_list(assignment, selection, declarations)
+    readme = student_readme(
+        (ROOT / "README.md").read_text(), assignment, selection, upload, declarations, roles
+    )
+    custom_assignment = assignment
     assert readme_upload_list(readme) == expected_uploads(custom_assignment)
     assert "report.pdf" in readme_upload_list(readme) and URL in readme
     (tmp_path / "config.yml").write_text(

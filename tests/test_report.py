@@ -221,6 +221,28 @@ def test_ablation_names_exactly_the_changed_settings(cwd, tmp_path):
     assert r"num\_prompts 2 $\rightarrow$ 1" in latex and latex.count(r" \\") == 3  # head + 2
 
 
+def test_a_run_stopped_before_its_first_epoch_is_a_row_and_gets_its_resume_command(
+    cwd, tmp_path, capsys
+):
+    """A run with settings but no finished epoch (stopped, or still starting): the ablation
+    shows it as a row; the figures that need a trained model say how to continue it."""
+    stopped = copy_run(cwd, "a", "stopped")
+    for name in ("tensorboard", "best.pt", "checkpoint.pt"):
+        target = stopped / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out = tmp_path / "table.md"
+    assert report.main(["ablation", "runs/stopped", "--base", "runs/a", "--out", str(out)]) == 0
+    row = [r for r in out.read_text().splitlines() if r.startswith("| stopped")][0]
+    cells = [c.strip() for c in row.strip("|").split(" | ")]
+    assert cells[2:5] == ["-", "-", "-"] and cells[6] == "in progress (0/3 epochs)", cells
+    for args in (["curves", "runs/stopped"], ["attention", "--run", "runs/stopped"]):
+        capsys.readouterr()
+        assert report.main([*args, "--out", str(tmp_path / "x.png")]) == 1
+        line = one_line_error(capsys.readouterr().err)
+        assert "if it stopped, continue it with python demo_flower.py" in line, line
+        assert "--output_dir runs/stopped --resume" in line and "exp_name tiny" in line, line
+
+
 def test_ablation_refuses_runs_of_two_demos(cwd, capsys):
     assert report.main(["ablation", "runs/pix", "--base", "runs/a"]) == 1
     assert "an ablation compares runs of one demo" in one_line_error(capsys.readouterr().err)
@@ -342,8 +364,10 @@ def test_bad_input_is_one_line(cwd, tmp_path, capsys):
     cases = [
         (["curves", "runs/nowhere", "--out", "c.png"], "does not exist"),
         (["curves", "not_a_run", "--out", "c.png"], "no config.yaml"),
-        (["curves", "runs/no_events", "--out", "c.png"], "no TensorBoard events yet"),
-        (["ablation", "runs/a", "--base", "runs/no_events"], "wait until its first epoch"),
+        (
+            ["curves", "runs/no_events", "--out", "c.png"],
+            "no TensorBoard events (tensorboard/) yet",
+        ),
         (["attention", "--run", "runs/pix", "--out", "c.png"], "need a ViT run"),
         (["posemb", "--run", "runs/pix", "--out", "c.png"], "need a ViT run"),
         (["curves", "runs/a", "--out", "c.jpg"], "ending in .png, .pdf, .svg"),
@@ -446,6 +470,7 @@ def fake_q4(tmp_path, monkeypatch):
         summary = dict(synthetic=True, best_val_acc=0.75, best_epoch=2, test_acc=0.7,
                        train_seconds=95.0, finished=True)  # fmt: skip
         (run / "summary.json").write_text(json.dumps(summary))
+        (run / "best.pt").write_bytes(b"")  # there: the stand-in recipe above builds the model
         return run
 
     return make

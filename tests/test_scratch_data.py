@@ -164,3 +164,20 @@ def test_validation_split_is_fixed_disjoint_and_complete():
     assert not torch.equal(split_train_val(100, 20, seed=6)[1], val)
     with pytest.raises(DatasetFileError, match="val_images"):
         split_train_val(10, 10, seed=0)
+
+
+def test_synthetic_cifar_of_each_size_has_its_own_folder(tmp_path, monkeypatch):
+    """Presets of different sizes (scratch_smoke's 1000 per file, the full 10000) keep their
+    own synthetic data: running one never regenerates the other's."""
+    from kit.scratch.recipe import ScratchConfig, scratch_data_dir, synthetic_cifar_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert synthetic_cifar_dir(10_000) == "synthetic-data/cifar-10-batches-py"
+    small, smaller = ScratchConfig(synthetic_per_file=20), ScratchConfig(synthetic_per_file=10)
+    first, synthetic = scratch_data_dir(small)
+    assert synthetic and first == Path(synthetic_cifar_dir(20))
+    stamp = (first / "test_batch").stat().st_mtime_ns
+    second, _ = scratch_data_dir(smaller)
+    assert second != first and (second / "test_batch").is_file()
+    again, _ = scratch_data_dir(small)
+    assert again == first and (first / "test_batch").stat().st_mtime_ns == stamp  # not redone

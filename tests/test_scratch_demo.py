@@ -35,7 +35,7 @@ from kit.errors import UserError
 from kit.runs import read_predictions
 from kit.scratch import synthetic_cifar
 from kit.scratch.datasets import FASHION_MNIST_DIR
-from kit.scratch.recipe import load_run_model, load_split
+from kit.scratch.recipe import load_run_model, load_split, synthetic_cifar_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "demo_scratch.py")
@@ -142,7 +142,7 @@ def test_smoke_preset_end_to_end(smoke):
             "SYNTHETIC DATA" in result.stdout
             and "SYNTHETIC DATA" in (run / "train.log").read_text()
         )
-        assert (cwd / "synthetic-data" / "cifar-10-batches-py" / "test_batch").is_file()
+        assert (_data(cwd) / "test_batch").is_file()  # scratch_smoke's size: 1000 per file
     for name in ("config.yaml", "checkpoint.pt", "best.pt", "test_predictions.txt"):
         assert (run / name).is_file(), name
     preds, marked = read_predictions(run / "test_predictions.txt")
@@ -169,7 +169,7 @@ def test_smoke_preset_end_to_end(smoke):
 
 def _data(cwd):
     real = cwd / "cifar-10-batches-py"
-    return real if real.is_dir() else cwd / "synthetic-data" / "cifar-10-batches-py"
+    return real if real.is_dir() else cwd / synthetic_cifar_dir(1000)
 
 
 @pytest.mark.slow

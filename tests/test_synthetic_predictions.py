@@ -17,7 +17,10 @@ from kit.runs import SYNTHETIC_MARKER, prepare_run_dir, read_predictions, write_
 from kit.trainer import TrainConfig, Trainer, fit_and_predict
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = {p.file: p for p in load_assignment(ROOT / "instructor" / "assignment.yml").predictions}
+PARTS = {
+    p.file: p
+    for p in load_assignment(ROOT / "instructor" / "assignments" / "cs444_mp3.yml").predictions
+}
 FLOWER = PARTS["test_flower.txt"]
 
 

@@ -14,7 +14,7 @@ aligned with the cases, each a dict ``{"description of a known mistake": output}
 output that a typical wrong implementation produces on that case, so that the student
 tests can name the mistake. The wrong implementations live only here (never shipped).
 ``<id>_grading.pkl`` is a dict of plain values: the exercise's role in
-instructor/assignment.yml ("graded", "practice" or "given") and, per case, the tolerance
+instructor/assignments/<course>.yml ("graded", "practice" or "given") and, per case, the tolerance
 ("rtol", "atol", and "strict_atol" + "note" on a deliberately hard case) with the measured
 error ("spread") of every correct answer it was derived from (see SAFETY_FACTOR in
 tolerances.py).

@@ -23,16 +23,12 @@ SEEDS = {"public": 1000, "hidden": 2000}
 
 
 def roles(assignment_path=None):
-    """exercise id -> "graded", "practice" or "given", from instructor/assignment.yml."""
+    """exercise id -> "graded", "practice" or "given", from an assignment (default: the
+    default course, instructor/assignments/cs444_mp3.yml). A release writes its own course's
+    roles into test_data/roles.yml; this one is recorded in each ``<id>_grading.pkl``."""
     from autograder.assignment import load_assignment
 
-    assignment = load_assignment(
-        assignment_path or os.path.join(ROOT, "instructor", "assignment.yml")
-    )
-    role = {i: "given" for i in MAKERS}
-    role.update({i: "practice" for i in assignment.practice_exercises})
-    role.update({i: "graded" for i in assignment.student_exercises})
-    return role
+    return load_assignment(assignment_path).roles(list(MAKERS))
 
 
 def generate(out_dir=None, split="public", exercises=None):

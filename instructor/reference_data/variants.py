@@ -58,7 +58,7 @@ class Variant:
 
     def source(self, reference_source=None):
         """transformer_utils.py with this answer in place of the reference solution."""
-        from instructor.release import find_regions
+        from instructor.markers import find_regions
 
         source = reference_source or open(tu.__file__, encoding="utf-8").read()
         regions = [

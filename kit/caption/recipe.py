@@ -7,8 +7,9 @@
   (``kit.caption.scenes``) or a COCO folder in CS231n's format (``kit.caption.coco``; a
   SYNTHETIC one is generated when the default folder is missing and no folder was asked for).
 - ``batch_sources``: the Trainer's batches (inputs, words, next words with -1 at padding).
-- ``build_checked_model`` / ``load_run_model``: your CaptioningTransformer (1.13), behind a
-  small CNN for scenes; a stubbed exercise is one line before anything is written.
+- ``check_exercises_written``, ``build_checked_model`` / ``load_run_model``: your
+  CaptioningTransformer (1.13), behind a small CNN for scenes; the unwritten exercises it
+  needs are named in one line before any data is read.
 - ``caption_test_set`` / ``write_summary``: greedy captions of the test set, their token
   accuracy and corpus BLEU-4 (``kit.caption.metrics``), test_captions.txt and summary.json.
 """
@@ -34,6 +35,7 @@ from kit.distributed import DistContext
 from kit.errors import UserError
 from kit.runs import BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, SYNTHETIC_MARKER, atomic_write_text
 from kit.scratch import datasets
+from kit.scratch.models import unwritten_exercises
 from kit.trainer import TrainConfig, Trainer, load_trainable_state
 
 SCENES, COCO = "fashion_mnist_scenes", "coco"
@@ -332,6 +334,28 @@ def build_model(cfg: CaptionConfig, data: CaptionData) -> CaptionModel:
         num_layers=cfg.num_layers, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
         encoder_channels=cfg.encoder_channels if cfg.dataset == SCENES else None,
     )  # fmt: skip
+
+
+# The exercises of transformer_utils.py that the CaptioningTransformer is built from.
+EXERCISES_NEEDED = [
+    "layer_norm",
+    "multi_head_attention",
+    "positional_encoding",
+    "decoder_layer",
+    "captioning",
+]
+
+
+def check_exercises_written() -> None:
+    """Every exercise the captioner needs that is still the release's stub, named all in one
+    line before any data is read or generated (``build_checked_model`` catches the rest)."""
+    unwritten = unwritten_exercises(EXERCISES_NEEDED)
+    if unwritten:
+        raise UserError(
+            "the CaptioningTransformer is built from exercises you have not written yet: "
+            f"{', '.join(unwritten)}; write them in transformer_utils.py (python -m unittest "
+            "test_functions -v checks them)"
+        )
 
 
 def build_checked_model(cfg: CaptionConfig, data: CaptionData) -> CaptionModel:

@@ -183,18 +183,22 @@ _SUMMARY_REGISTERED = []
 def exercise_roles():
     """exercise id -> "graded" or "practice" (other exercises are given code).
 
-    From the assignment file when it is present, else from the role recorded in
-    test_data/<id>_grading.pkl (written from the same assignment file).
+    From ``test_data/roles.yml``, which a course's release writes, else from the kit's
+    default assignment when it is here (the instructor's copy), else from the role recorded
+    in ``test_data/<id>_grading.pkl``.
     """
-    path = os.path.join(os.path.dirname(DATA_DIR), "instructor", "assignment.yml")
-    if os.path.exists(path):
-        import yaml
+    import yaml
 
+    path = os.path.join(DATA_DIR, "roles.yml")
+    if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            spec = yaml.safe_load(f) or {}
-        roles = {i: "practice" for i in spec.get("practice_exercises") or []}
-        roles.update({i: "graded" for i in spec.get("student_exercises") or []})
-        return roles
+            return dict((yaml.safe_load(f) or {}).get("roles") or {})
+    kit_root = os.path.dirname(DATA_DIR)
+    if os.path.isdir(os.path.join(kit_root, "instructor", "assignments")):
+        from autograder.assignment import load_assignment
+
+        default = os.path.join(kit_root, "instructor", "assignments", "cs444_mp3.yml")
+        return load_assignment(default).roles(list(EXERCISES))
     roles = {}
     for info in EXERCISES.values():
         path = os.path.join(DATA_DIR, info["data"].replace(".pkl", "_grading.pkl"))

@@ -73,8 +73,9 @@ def banner() -> str:
 
 
 def flower_data_dir(cfg: FlowerConfig, ctx) -> tuple[Path, bool]:
-    """The data folder to read, and whether it is synthetic (generated here if needed)."""
-    return cli.choose_data_folder(
+    """The data folder to read, and whether it is synthetic (generated here if needed, or a
+    generated folder named directly: its predictions are marked synthetic all the same)."""
+    path, generated = cli.choose_data_folder(
         cfg.data_dir,
         DEFAULT_DATA_DIR,
         SYNTHETIC_DATA_DIR,
@@ -84,6 +85,7 @@ def flower_data_dir(cfg: FlowerConfig, ctx) -> tuple[Path, bool]:
         is_ready=lambda d: all(flower_split_path(d, s).is_file() for s in FLOWER_SPLITS),
         generate=lambda d: synthetic.generate(d, seed=0),
     )
+    return path, generated or synthetic.is_synthetic(path)
 
 
 def build_model(cfg: FlowerConfig, log, pretrained: bool = True) -> torch.nn.Module:

@@ -34,7 +34,16 @@ from kit.trainer import TrainConfig
 from model import WeightsError, build_pixmo_model, load_resnet34_weights
 
 DEFAULT_DATA_DIR = "pixmo_data"
-SYNTHETIC_DATA_DIR = "synthetic-data/pixmo_data"
+SYNTHETIC_DATA_DIR = "synthetic-data/pixmo_data"  # at the real sizes; other sizes: -<sizes>
+REAL_SYNTHETIC = ([2500, 500, 500], 300, 700)  # sizes, min side, max side: the real set's
+
+
+def synthetic_data_dir(sizes, min_side: int, max_side: int) -> str:
+    """Where a synthetic PixMo of these sizes is generated: one folder per size, so that the
+    smoke preset and the full-size presets never regenerate each other's data."""
+    if (list(sizes), min_side, max_side) == REAL_SYNTHETIC:
+        return SYNTHETIC_DATA_DIR
+    return f"{SYNTHETIC_DATA_DIR}-{'-'.join(map(str, sizes))}-{min_side}to{max_side}px"
 
 
 @dataclass
@@ -95,16 +104,18 @@ def pixmo_data_dir(cfg: PixmoConfig, ctx) -> tuple[Path, bool]:
         raise UserError("synthetic_sizes must list 3 numbers (train, val, test) in config.yml")
     sizes, sides = cfg.synthetic_sizes, (cfg.synthetic_min_side, cfg.synthetic_max_side)
     wanted = synthetic.generation_info(sizes, *sides, seed=0)
-    return cli.choose_data_folder(
+    path, generated = cli.choose_data_folder(
         cfg.data_dir,
         DEFAULT_DATA_DIR,
-        SYNTHETIC_DATA_DIR,
+        synthetic_data_dir(sizes, *sides),
         ctx,
         banner(),
         source=cli.data_source("pixmo"),
         is_ready=lambda d: synthetic.read_info(d) == wanted,
         generate=lambda d: synthetic.generate(d, sizes, *sides, seed=0),
     )
+    # a generated folder named directly is synthetic all the same: its predictions say so
+    return path, generated or synthetic.read_info(path) is not None
 
 
 def load_splits(data_dir: Path, cfg: PixmoConfig, device) -> dict[str, PixmoPointsDataset]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kit.errors import UserError
-from kit.finished_runs import KIND_NAMES, Run
+from kit.finished_runs import KIND_NAMES, NotTrainedYet, Run
 from kit.report.common import check_out
 from kit.report.scalars import read_scalars, run_status, test_accuracy, training_seconds
 from kit.runs import atomic_write_text
@@ -54,8 +54,8 @@ class AblationRow:
     name: str
     changes: list[tuple[str, str, str]]
     is_base: bool
-    best_val_acc: float
-    best_epoch: int
+    best_val_acc: float | None  # None: no finished epoch yet
+    best_epoch: int | None
     test_acc: float | None
     synthetic: bool
     seconds: float | None
@@ -72,13 +72,22 @@ def ablation_rows(runs: list[Run], base: Run) -> list[AblationRow]:
                 f"{run.path} is {KIND_NAMES[run.kind]} but the base {base.path} is "
                 f"{KIND_NAMES[base.kind]}; an ablation compares runs of one demo"
             )
-        scalars = read_scalars(run)
+        changes = config_changes(base.config, run.config)
+        try:
+            scalars = read_scalars(run)
+        except NotTrainedYet:  # a row all the same: the table shows where every run stands
+            total = run.config.get("epochs", "?")
+            rows.append(
+                AblationRow(run.name, changes, run is base, None, None, None, run.synthetic,
+                            None, f"in progress (0/{total} epochs)")
+            )  # fmt: skip
+            continue
         val = scalars["val_acc"]
         best = max(range(len(val)), key=lambda k: (val[k][1], -k))  # the first best epoch
         rows.append(
             AblationRow(
                 name=run.name,
-                changes=config_changes(base.config, run.config),
+                changes=changes,
                 is_base=run is base,
                 best_val_acc=val[best][1],
                 best_epoch=val[best][0],
@@ -102,7 +111,9 @@ def _row_cells(row: AblationRow, arrow: str) -> list[str]:
     if row.test_acc is not None and row.synthetic:
         test += " (synthetic)"
     name = row.name + (" [synthetic data]" if row.synthetic else "")
-    return [name, changes or "(same settings)", f"{row.best_val_acc:.4f}", str(row.best_epoch), test, _fmt_seconds(row.seconds), row.status]  # fmt: skip
+    val = "-" if row.best_val_acc is None else f"{row.best_val_acc:.4f}"
+    epoch = "-" if row.best_epoch is None else str(row.best_epoch)
+    return [name, changes or "(same settings)", val, epoch, test, _fmt_seconds(row.seconds), row.status]  # fmt: skip
 
 
 def ablation_markdown(rows: list[AblationRow]) -> str:

@@ -19,7 +19,8 @@ def _default_data_dir(default: str, synthetic_dir: str, data_dir: str | None, wh
         if not Path(data_dir).is_dir():
             raise UserError(f"--data_dir {data_dir} is not a folder; give the {what} data folder")
         return Path(data_dir)
-    for folder in (default, synthetic_dir):
+    # the real data, else the synthetic set at the real size, else one of another size
+    for folder in (default, synthetic_dir, *sorted(Path().glob(f"{synthetic_dir}-*"))):
         if Path(folder).is_dir():
             return Path(folder)
     raise UserError(
@@ -34,6 +35,7 @@ def preview_examples(dataset: str, data_dir: str | None = None, scratch_dataset:
     if dataset == "flower":
         from custom_dataset import load_flower_split
         from kit.flower import recipe
+        from kit.flower import synthetic as synthetic_flowers
 
         folder = _default_data_dir(recipe.DEFAULT_DATA_DIR, recipe.SYNTHETIC_DATA_DIR, data_dir, "flower")  # fmt: skip
         images, labels = load_flower_split(folder, "train")
@@ -44,7 +46,7 @@ def preview_examples(dataset: str, data_dir: str | None = None, scratch_dataset:
                 picked.append(i)
             if len(picked) == count:
                 break
-        synthetic = (folder / "SYNTHETIC_DATA_README.txt").is_file()
+        synthetic = synthetic_flowers.is_synthetic(folder)
         titles = [f"class {int(labels[i])}" for i in picked]
         return [images[i] for i in picked], titles, None, synthetic, str(folder)
     if dataset == "pixmo":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-from kit.errors import UserError
 from kit.finished_runs import Run
 
 
@@ -20,10 +19,7 @@ def read_scalars(run: Run) -> dict[str, list[tuple[int, float]]]:
     """
     folder = run.path / "tensorboard"
     if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
-        raise UserError(
-            f"{run.path} has no TensorBoard events yet (no {folder.name}/ files); "
-            "wait until its first epoch has finished"
-        )
+        raise run.not_trained_yet("TensorBoard events (tensorboard/)")
     from tensorboard.backend.event_processing import event_accumulator
 
     acc = event_accumulator.EventAccumulator(
@@ -36,10 +32,7 @@ def read_scalars(run: Run) -> dict[str, list[tuple[int, float]]]:
         by_step = {e.step: e.value for e in acc.Scalars(tag)}  # a repeated step: the last wins
         scalars[tag] = sorted(by_step.items())
     if not scalars.get("val_acc"):
-        raise UserError(
-            f"{run.path} has no finished epoch yet (no val_acc in tensorboard/); "
-            "wait until its first epoch has finished"
-        )
+        raise run.not_trained_yet("val_acc in tensorboard/")
     return scalars
 
 

@@ -31,10 +31,19 @@ from kit.distributed import DistContext
 from kit.errors import UserError
 from kit.runs import BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, atomic_write_text
 from kit.scratch import datasets, synthetic_cifar
-from kit.scratch.models import ScratchCNN, ScratchViT
+from kit.scratch.models import ScratchCNN, ScratchViT, unwritten_exercises
 from kit.trainer import TrainConfig, Trainer, load_trainable_state
 
-SYNTHETIC_CIFAR_DIR = "synthetic-data/cifar-10-batches-py"
+SYNTHETIC_CIFAR_DIR = "synthetic-data/cifar-10-batches-py"  # at the real size; smaller: -<N>
+
+
+def synthetic_cifar_dir(per_file: int) -> str:
+    """Where synthetic CIFAR-10 of ``per_file`` images per file is generated: one folder per
+    size, so that presets of different sizes never regenerate each other's data."""
+    real = per_file == synthetic_cifar.REAL_PER_FILE
+    return SYNTHETIC_CIFAR_DIR if real else f"{SYNTHETIC_CIFAR_DIR}-{per_file}"
+
+
 DEFAULT_DATA_DIRS = {
     "fashion_mnist": datasets.FASHION_MNIST_DIR,
     "mnist": "mnist",
@@ -86,9 +95,11 @@ class ScratchConfig(TrainConfig):
     epochs: int = 50
     batch_size: int = 128  # images per optimiser step, over all processes
     eval_batch_size: int = 512  # per process
+    # BEGIN attack section
     # adversarial training (adversarial.py): {eps, alpha, steps, eval_alpha, eval_steps,
     # eval_images}; every training batch becomes PGD examples; null = clean training
     adversarial: dict | None = None
+    # END attack section
 
 
 # ====================================================================== data
@@ -108,7 +119,7 @@ def scratch_data_dir(
         path, generated = cli.choose_data_folder(
             folder,
             default,
-            SYNTHETIC_CIFAR_DIR,
+            synthetic_cifar_dir(per_file),
             ctx,
             synthetic_cifar.BANNER,
             is_ready=lambda d: synthetic_cifar.read_info(d) == wanted,
@@ -241,10 +252,30 @@ def _not_implemented(err: NotImplementedError) -> UserError:
     return UserError(f"the {first}")
 
 
+def exercises_needed(cfg: ScratchConfig) -> list[str]:
+    """The exercises of transformer_utils.py the preset's model is built from."""
+    if cfg.model == "cnn":
+        return ["conv2d"] if cfg.custom_conv else []
+    needed = ["layer_norm", "multi_head_attention", "patch_embedding", "encoder_layer"]
+    needed.append("vision_transformer")
+    if cfg.pos_embedding != "none":
+        needed.append("positional_encoding")
+    if cfg.model == "diff_vit":
+        needed.append("differential_attention")
+    return needed
+
+
 def build_checked_model(cfg: ScratchConfig) -> nn.Module:
     """``build_model`` for the dataset, after one forward and backward pass on two blank
-    images: a stubbed exercise (NotImplementedError) becomes one line naming it, before
-    anything is written."""
+    images. Every exercise the model needs that is still a stub is named, all in one line,
+    before anything is read or written; any other NotImplementedError becomes one line too."""
+    unwritten = unwritten_exercises(exercises_needed(cfg))
+    if unwritten:
+        raise UserError(
+            f"this preset's {cfg.model} is built from exercises you have not written yet: "
+            f"{', '.join(unwritten)}; write them in transformer_utils.py (python -m unittest "
+            "test_functions -v checks them)"
+        )
     channels, side = datasets.IMAGE_SHAPE[cfg.dataset]
     classes = len(datasets.CLASS_NAMES[cfg.dataset])
     try:
