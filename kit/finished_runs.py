@@ -45,7 +45,8 @@ def demo_script(kind):
     return f"demo_{kind}.py"
 
 
-# The test predictions each kind of run writes (one class per line, in test-set order).
+# The test predictions each kind of run writes (one class per line, in test-set order). A
+# captioning run's test_captions.txt holds words, not classes: no grader reads it as these.
 PREDICTIONS = {
     "flower": "test_flower.txt",
     "pixmo": "test_pixmo.txt",

@@ -170,6 +170,26 @@ def test_a_dealt_plan_uses_every_item_once_and_is_seeded():
     assert fixed.shape == (40, 4) and ((fixed >= 0).sum(1) >= 2).all()
 
 
+def test_test_scenes_are_made_of_the_test_images_only(monkeypatch):
+    """Training images are drawn with 200, test images with 7: the test scenes hold every
+    test item once and nothing else; validation scenes hold training images only."""
+    from kit.caption import recipe
+
+    def fake_files(dataset, folder, split):
+        count, value = (300, 200) if split == "train" else (90, 7)
+        labels = torch.arange(count) % 10
+        return torch.full((count, 1, 28, 28), value, dtype=torch.uint8), labels
+
+    monkeypatch.setattr(recipe.datasets, "load_files", fake_files)
+    cfg = recipe.CaptionConfig(dataset="fashion_mnist_scenes", val_images=60)
+    data = recipe._load_scenes(cfg, Path("unused"))
+    test_pixels, val_pixels = data.test.inputs.unique(), data.val.inputs.unique()
+    assert set(test_pixels.tolist()) == {0, 7} and set(val_pixels.tolist()) == {0, 200}
+    items = (data.test.captions >= scenes.WORD_TO_IDX["t-shirt"]).sum()  # one class word each
+    assert items == 90 and (data.test.inputs == 7).sum() == 90 * 28 * 28
+    assert len(data.train_items[1]) == 240  # the other training images
+
+
 def test_synthetic_coco_is_in_cs231n_format(tiny):
     data = coco.load_coco_data(tiny / "coco")
     assert data["train_captions"].shape == (120, 17) and data["train_captions"].dtype == np.int32
