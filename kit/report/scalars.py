@@ -55,10 +55,11 @@ def training_seconds(run: Run) -> float | None:
 
 def test_accuracy(run: Run, scalars: dict) -> float | None:
     """The run's test accuracy when it knows it: summary.json / a ``test_acc`` scalar
-    (Question 4; Question 5: the token accuracy of its greedy captions), or the 'synthetic test accuracy' line the flower and PixMo demos log when
-    the test labels are known (synthetic data only; real test labels are hidden)."""
+    (Question 4; ``test_token_accuracy`` where a run scores words instead of classes), or the
+    'synthetic test accuracy' line the flower and PixMo demos log when the test labels are
+    known (synthetic data only; real test labels are hidden)."""
     summary = run.summary
-    for key in ("test_acc", "test_token_accuracy"):  # Question 5: greedy token accuracy
+    for key in ("test_acc", "test_token_accuracy"):  # a captioner's greedy token accuracy
         if summary and isinstance(summary.get(key), (int, float)):
             return float(summary[key])
     if scalars.get("test_acc"):
