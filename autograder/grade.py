@@ -104,6 +104,11 @@ def _timed_out(out_dir, limits, source):
     message += (
         " (infinite loop, or far too slow?). The process and everything it started were killed."
     )
+    if stage.startswith("importing"):  # no exercise ran yet: the file's top level is to blame
+        message += (
+            "\nCode at the top level of transformer_utils.py runs when the grader imports it: "
+            'keep experiments and loops inside functions or under if __name__ == "__main__":.'
+        )
     return message + (f"\nIt was running {where}" if where else "")
 
 

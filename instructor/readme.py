@@ -79,6 +79,14 @@ def upload_block(upload, data_sources):
         lines = [
             "**What to upload.** Nothing for the grader: your course staff say how to hand in."
         ]
+    if any(name != "transformer_utils.py" and not name.endswith(".pdf") for name, _ in upload):
+        lines += [
+            "",
+            "Gather them rather than copying them by hand: `python -m kit.upload runs/NAME ...",
+            "--out upload/` (one run folder per question) copies each run's prediction file,",
+            "writes the training script the course asks for, adds your `transformer_utils.py`",
+            "and checks the folder as the grader will (names, line counts, classes).",
+        ]
     lines += [
         "",
         "Prediction files from a run on synthetic data start with a line saying so; the grader",

@@ -9,3 +9,7 @@ demos, report.py, ...) print it as ``error: <message>`` and exit with status 1
 
 class UserError(Exception):
     """A problem with the user's input; the message is one line saying what to do."""
+
+
+class DatasetFileError(UserError):
+    """A dataset file is missing, truncated or corrupt; the message names it (one line)."""

@@ -143,6 +143,30 @@ def test_roles_reach_the_students_tests(course):
     assert not find_regions(shipped, "transformer_utils.py")
 
 
+def test_gradescope_zip_builds_with_the_course(course, tmp_path):
+    """Each course's zip carries its own assignment and the hidden data of its graded
+    exercises, and nothing of the others."""
+    import zipfile
+
+    from instructor.gradescope import build_zip
+
+    name, assignment, selection, out = course
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for part in assignment.predictions:
+        (labels / part.file).write_text("".join(f"{i % part.num_classes}\n" for i in range(50)))
+    names = build_zip(tmp_path / "a.zip", labels, assignment_path=name)
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        assert (
+            zf.read("autograder/assignment.yml") == (ASSIGNMENTS_DIR / f"{name}.yml").read_bytes()
+        )
+    prepared = {n.split("/")[2] for n in names if n.startswith("autograder/prepared/")}
+    assert prepared == set(assignment.student_exercises), name
+    assert {n for n in names if n.startswith("labels/")} == {
+        f"labels/{p.file}" for p in assignment.predictions
+    }
+
+
 # ---------------------------------------------------------------- slow: run and grade each course
 
 

@@ -32,7 +32,8 @@ The package:
 * generation.py: ``generate`` (runs the makers, checks and writes every exercise's three
   files), ``OUT_DIRS``, ``SEEDS``, ``roles``;
 * makers/: ``MAKERS``, the case generators and known mistakes, one module per family of
-  exercises, and their seeded random inputs (makers/random_inputs.py);
+  exercises, and their seeded random inputs (makers/random_inputs.py); more mistakes of
+  the practice exercises (makers/practice_mistakes.py), added after the makers ran;
 * variants.py: ``corpus``, the correct answers of tests/variants/;
 * tolerances.py: exact targets, ``measure_spread``, ``derive_tolerances``, SAFETY_FACTOR,
   ``grading_record`` and ``spread_table``;

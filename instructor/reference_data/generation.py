@@ -10,6 +10,7 @@ from kit.exercise_checks.harness import KIT_ROOT
 
 from .checks import _check
 from .makers import MAKERS
+from .makers.practice_mistakes import add_practice_mistakes
 from .pickling import _clean, _dumps
 from .tolerances import grading_record
 
@@ -59,6 +60,7 @@ def _generate(out_dir, split, exercises):
         if exercises is not None and exercise_id not in exercises:
             continue
         cases, mistakes = make(SEEDS[split] + 100 * offset, split == "hidden")
+        mistakes = add_practice_mistakes(exercise_id, cases, mistakes)
         cases, mistakes = _clean(cases), _clean(mistakes)
         grading = grading_record(exercise_id, cases, role[exercise_id], split)
         mistakes = _check(exercise_id, cases, mistakes, grading)

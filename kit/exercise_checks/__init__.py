@@ -7,6 +7,9 @@ machine and by the autograder inside its sandbox, with the same code.
 - ``runners``: build the student's module from one stored case and return its output(s).
 - ``compare``: how far an output is from the target, in tolerances, and which known mistake
   it reproduces.
+- ``diagnosis``: when no known mistake matches, which outputs, positions, heads or cases are
+  off, measured against the reference.
+- ``crashes``: an exception's line in the student's file and its probable cause.
 - ``harness``: the test loop with its messages (``check_exercise``), the declarations
   (``@exercise``) and the one-line summary.
 

@@ -6,7 +6,8 @@
 - ``check_exercise(test, exercise_id)``: runs the student's code on every stored case of
   ``test_data/<id>.pkl`` and fails ``test`` with a message that helps: the case and its
   input shapes, expected and actual shape and dtype, the largest errors, the known mistake
-  the output reproduces, or the line of transformer_utils.py that raised.
+  the output reproduces or else what is off (``diagnosis``), or the line of
+  transformer_utils.py that raised and the probable cause (``crashes``).
 - ``summary_line``: "graded exercises passed n/2, practice passed m/9", printed at exit.
 """
 
@@ -28,7 +29,9 @@ from kit.exercise_checks.compare import (
     named_outputs,
     tolerance_units,
 )
-from kit.exercise_checks.forbidden import ForbiddenOpError, forbidden_ops
+from kit.exercise_checks.crashes import explain_crash
+from kit.exercise_checks.diagnosis import diagnose, format_diagnosis
+from kit.exercise_checks.forbidden import forbidden_ops
 from kit.exercise_checks.runners import RUNNERS
 
 KIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -271,10 +274,8 @@ def check_exercise(test, exercise_id):
                 got = RUNNERS[exercise_id](tu, case["input"])
         except NotImplementedError as error:
             not_implemented = str(error)
-        except ForbiddenOpError:
-            raise
-        except Exception as error:  # your code raised: say where, in your file
-            crash = describe_exception(error)
+        except Exception as error:  # your code raised (or torch refused an op): say where
+            crash = explain_crash(exercise_id, error, case["input"], case["target"], tu)
         if not_implemented is not None:
             if "not implemented yet" not in not_implemented:
                 not_implemented = (
@@ -288,7 +289,7 @@ def check_exercise(test, exercise_id):
         tol = tolerances[i]
         problem = explain_difference(got, case["target"], tol["rtol"], tol["atol"])
         if problem and first_problem is None:
-            first_problem = f"{where}:\n{problem}"
+            first_problem, failing = f"{where}:\n{problem}", i
             if tol.get("note"):
                 first_problem += (
                     f"\nThis case is hard on purpose; if your formula is right, a likely "
@@ -304,6 +305,11 @@ def check_exercise(test, exercise_id):
         mistake = known_mistake(outputs, targets, mistakes, pairs)
         if mistake:
             first_problem += f"\nYour output matches a known mistake: {mistake}"
+        else:  # no known cause: at least say which part is off
+            inputs = [c["input"] for c in cases]
+            lines = diagnose(exercise_id, failing, inputs, outputs, targets, pairs, tu,
+                             RUNNERS[exercise_id])  # fmt: skip
+            first_problem += format_diagnosis(lines)
         test.fail(first_problem)
     for note in notes:
         warnings.warn(note, PrecisionNote, stacklevel=2)

@@ -7,6 +7,7 @@
   ``/usr/share/datasets/fashion-mnist``.
 - ``cifar10``: the ``cifar-10-batches-py`` folder of the official "python version"
   (``data_batch_1`` .. ``data_batch_5``, ``test_batch``, ``batches.meta``: pickled dicts).
+- ``miniplaces``: CS771's MiniPlaces folder (``kit.scratch.miniplaces``).
 
 Every split comes back as ``(images, labels)``: uint8 (N, C, H, W) and int64 (N,). The
 validation set is a fixed, seeded part of the training files (``split_train_val``); the
@@ -25,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kit.errors import UserError
+from kit.errors import DatasetFileError
+from kit.scratch import miniplaces
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 CIFAR10_DIR = "cifar-10-batches-py"
-DATASETS = ("fashion_mnist", "mnist", "cifar10")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "miniplaces")
 
 CLASS_NAMES = {
     "fashion_mnist": [
@@ -57,15 +59,23 @@ CLASS_NAMES = {
         "ship",
         "truck",
     ],
+    # MiniPlaces' 100 scene categories, by their number (the data set's lists give no names)
+    "miniplaces": [str(c) for c in range(miniplaces.NUM_CLASSES)],
 }
 # (channels, side) of every image of a dataset.
-IMAGE_SHAPE = {"fashion_mnist": (1, 28), "mnist": (1, 28), "cifar10": (3, 32)}
+IMAGE_SHAPE = {
+    "fashion_mnist": (1, 28),
+    "mnist": (1, 28),
+    "cifar10": (3, 32),
+    "miniplaces": (3, miniplaces.SIDE),
+}
 # Per-channel mean and std of the real training images (pixel values in [0, 1]); the models
 # normalise with them inside their forward, so they take plain [0, 1] images.
 MEAN_STD = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "miniplaces": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's, as CS771 uses
 }
 
 IDX_FILES = {
@@ -75,10 +85,6 @@ IDX_FILES = {
 IDX_SUBFOLDERS = {"fashion_mnist": "FashionMNIST/raw", "mnist": "MNIST/raw"}
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_FILES = (*CIFAR_TRAIN_FILES, "test_batch", "batches.meta")
-
-
-class DatasetFileError(UserError):
-    """A dataset file is missing, truncated or corrupt; the message names it (one line)."""
 
 
 # ====================================================================== idx (MNIST family)
@@ -227,6 +233,8 @@ def load_files(dataset: str, folder: str | Path, split: str):
         raise DatasetFileError(f"unknown dataset '{dataset}'; use one of {', '.join(DATASETS)}")
     if dataset == "cifar10":
         return load_cifar_split(folder, split)
+    if dataset == "miniplaces":
+        return miniplaces.load_split(folder, split)
     return load_idx_split(folder, split, dataset)
 
 

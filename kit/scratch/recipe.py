@@ -48,6 +48,7 @@ DEFAULT_DATA_DIRS = {
     "fashion_mnist": datasets.FASHION_MNIST_DIR,
     "mnist": "mnist",
     "cifar10": datasets.CIFAR10_DIR,
+    "miniplaces": "data",  # where CS771's download_dataset.sh unpacks it
 }
 PREDICTIONS_FILE = "test_predictions.txt"
 SUMMARY_FILE = "summary.json"
@@ -60,7 +61,7 @@ class ScratchConfig(TrainConfig):
     them. The defaults are the CIFAR-10 ViT recipe for a GPU."""
 
     # data
-    dataset: Literal["fashion_mnist", "mnist", "cifar10"] = "cifar10"
+    dataset: Literal["fashion_mnist", "mnist", "cifar10", "miniplaces"] = "cifar10"
     data_dir: str = ""  # "" = the dataset's default folder (see DEFAULT_DATA_DIRS)
     val_images: int = 5000  # held out of the training files (fixed split)
     split_seed: int = 0  # the validation split's seed (independent of `seed`)
@@ -131,7 +132,7 @@ def scratch_data_dir(
     path = Path(folder)
     if not path.is_dir():
         # the reader's message says what to install or where to put the files
-        datasets.load_idx_split(path, "train", cfg.dataset)
+        datasets.load_files(cfg.dataset, path, "train")
     return path, False
 
 
