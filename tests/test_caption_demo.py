@@ -170,6 +170,27 @@ def test_a_dealt_plan_uses_every_item_once_and_is_seeded():
     assert fixed.shape == (40, 4) and ((fixed >= 0).sum(1) >= 2).all()
 
 
+def test_the_scene_encoder_gives_each_cell_one_feature_with_its_own_position():
+    """56x56 scenes -> 4 region features (one per 28x28 cell), each with a learned position
+    that training reaches (cross-attention alone would see the cells as a set)."""
+    from kit.caption.models import SceneEncoder
+
+    encoder = SceneEncoder([4, 8, 8], dim=6).eval()
+    assert encoder.position.shape == (1, 4, 6)
+    scenes_in = torch.randint(0, 256, (3, 1, 56, 56), dtype=torch.uint8)
+    features = encoder(scenes_in)
+    assert features.shape == (3, 4, 6)
+    features.sum().backward()
+    assert encoder.position.grad is not None and encoder.position.grad.abs().sum() > 0
+    with torch.no_grad():
+        shifted = encoder.position + torch.arange(4.0).view(1, 4, 1)
+        encoder.position.copy_(shifted)
+        moved = encoder(scenes_in)
+    assert torch.allclose(
+        moved - features.detach(), torch.arange(4.0).view(1, 4, 1).expand(3, 4, 6)
+    )
+
+
 def test_test_scenes_are_made_of_the_test_images_only(monkeypatch):
     """Training images are drawn with 200, test images with 7: the test scenes hold every
     test item once and nothing else; validation scenes hold training images only."""
