@@ -37,6 +37,11 @@ from kit.errors import UserError
 from kit.finished_runs import read_run, read_runs
 from kit.report.ablation import write_ablation
 from kit.report.attention import attention_maps, draw_attention
+
+# BEGIN caption section
+from kit.report.captions import caption_examples, draw_captions
+
+# END caption section
 from kit.report.common import FIGURE_SUFFIXES, check_out
 from kit.report.curves import draw_curves
 from kit.report.posemb import draw_posemb, learned_position_embeddings
@@ -88,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", help="data folder (default: the demo's, else its synthetic one)")
     p.add_argument("--dataset", dest="scratch_dataset", help="scratch only: which dataset")
     p.add_argument("--out", **fig_out)
+
+    # BEGIN caption section
+    p = sub.add_parser(
+        "captions",
+        help="test images with generated and true captions",
+        description="For a captioning run (Question 5): test images with the caption its "
+        "best model generates (greedy) and the true caption(s), with the run's test token "
+        "accuracy and BLEU-4.",
+    )
+    p.add_argument("--run", required=True, help="a captioning run (demo_caption.py)")
+    p.add_argument("--images", type=int, default=8, help="test images to show (default 8)")
+    p.add_argument("--data_dir", help="data folder (default: the one in the run's config.yaml)")
+    p.add_argument("--out", **fig_out)
+    # END caption section
     return parser
 
 
@@ -113,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "preview":
             check_out(args.out, FIGURE_SUFFIXES)
             draw_preview(args.dataset, args.out, args.data_dir, args.scratch_dataset)
+        # BEGIN caption section
+        elif args.command == "captions":
+            check_out(args.out, FIGURE_SUFFIXES)
+            draw_captions(caption_examples(args.run, args.images, args.data_dir), args.out)
+        # END caption section
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

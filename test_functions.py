@@ -163,6 +163,11 @@ class TestClass(unittest.TestCase):
     def test_window_attention(self):
         check_exercise(self, "window_attention")
 
+    @exercise(id="captioning", number="1.13", points=3, visibility="visible",
+              name="CaptioningTransformer", data="captioning.pkl", rtol=1e-3, atol=1e-5)  # fmt: skip
+    def test_captioning(self):
+        check_exercise(self, "captioning")
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -1112,3 +1112,124 @@ class SimpleViT(nn.Module):
             grid = block(grid)  # (B, g, g, E)
         pooled = self.norm(grid).mean(dim=(1, 2))  # (B, E), the mean of all the tokens
         return self.head(pooled)  # (B, num_classes)
+
+
+# ---------------------------------------------------------------------------
+# 1.13 Image captioning with a transformer decoder (XCS231N)
+# ---------------------------------------------------------------------------
+
+
+class CaptioningTransformer(nn.Module):
+    """A caption generator: pre-LN transformer decoder layers over the words of a caption,
+    reading the image through cross-attention (Vaswani et al., 2017; XCS231N's interface).
+
+    The image features are projected to ``wordvec_dim`` and are the decoder's memory: one
+    memory token per image for features (N, D) (CS231n's VGG-16 fc7 / PCA vectors), or S
+    memory tokens for region features (N, S, D) (a CNN's feature grid). Word embeddings get
+    the sinusoidal positional encoding; masked self-attention lets word t see words 0..t
+    only. A final LayerNorm and a linear layer give a score for every word of the
+    vocabulary. Special tokens: ``<NULL>`` pads captions, ``<START>`` begins every caption,
+    ``<END>`` ends it.
+    """
+
+    def __init__(
+        self,
+        word_to_idx,
+        input_dim,
+        wordvec_dim,
+        num_heads=4,
+        num_layers=2,
+        max_length=50,
+        mlp_ratio=4.0,
+        dropout=0.0,
+    ):
+        super().__init__()
+        vocab_size = len(word_to_idx)
+        self.vocab_size = vocab_size
+        self._null = word_to_idx["<NULL>"]
+        self._start = word_to_idx.get("<START>", None)
+        self._end = word_to_idx.get("<END>", None)
+        self.max_length = max_length
+        self.visual_projection = nn.Linear(input_dim, wordvec_dim)
+        self.embedding = nn.Embedding(vocab_size, wordvec_dim, padding_idx=self._null)
+        self.positional_encoding = SinusoidalPositionalEncoding1D()
+        self.layers = nn.ModuleList(
+            [
+                TransformerDecoderLayer(wordvec_dim, num_heads, mlp_ratio, dropout)
+                for _ in range(num_layers)
+            ]
+        )
+        self.norm = LayerNorm(wordvec_dim)
+        self.output = nn.Linear(wordvec_dim, vocab_size)
+        self.apply(_caption_init)
+
+    def forward(self, features, captions):
+        """Scores of the next word at every position of the captions (teacher forcing).
+
+        Inputs:
+        - features: (N, D) one feature vector per image, or (N, S, D) S region features.
+        - captions: (N, T) int64 word ids; captions[:, t] is the input at step t (the
+          first one is <START>).
+
+        Returns:
+        - scores: (N, T, V) unnormalised scores (logits); scores[:, t] predicts the word
+          that follows captions[:, t], seeing captions[:, :t + 1] and the image only.
+
+        Hint: word vectors (N, T, W) from self.embedding, then self.positional_encoding
+        (use these modules: the tests swap them). Memory: self.visual_projection(features),
+        made (N, 1, W) when features are (N, D). Run every layer of self.layers with
+        self_attn_mask=causal_mask(T) (True = may attend), then self.norm, then self.output.
+        """
+        # BEGIN SOLUTION captioning
+        T = captions.shape[1]
+        words = self.positional_encoding(self.embedding(captions))  # (N, T, W)
+        memory = self.visual_projection(features)  # (N, W) or (N, S, W)
+        if memory.dim() == 2:
+            memory = memory[:, None, :]  # (N, 1, W): one memory token per image
+        mask = causal_mask(T, device=captions.device)  # (T, T), word t sees words 0..t
+        for layer in self.layers:
+            words = layer(words, memory, self_attn_mask=mask)  # (N, T, W)
+        return self.output(self.norm(words))  # (N, T, V)
+        # END SOLUTION
+
+    @torch.no_grad()
+    def sample(self, features, max_length=30):
+        """Greedy decoding: the most likely next word, one step at a time.
+
+        Inputs:
+        - features: (N, D) or (N, S, D) image features, as in forward.
+        - max_length: L, the number of words to generate.
+
+        Returns:
+        - captions: (N, L) int64 generated word ids, <START> NOT included: captions[:, 0]
+          is the first generated word. Once a caption has produced <END>, every later
+          position of it is <NULL>.
+
+        Hint: start from a partial caption (N, 1) of <START>. At each step run
+        self.forward on the partial caption, take the argmax of the LAST position's scores
+        (N, V), write it into captions[:, t] and append it to the partial caption (N, t + 2).
+        Keep a (N,) bool "done" that turns True at <END>; write <NULL> where done.
+        """
+        # BEGIN SOLUTION captioning
+        N = features.shape[0]
+        device = features.device
+        captions = torch.full((N, max_length), self._null, dtype=torch.long, device=device)
+        partial = torch.full((N, 1), self._start, dtype=torch.long, device=device)  # (N, 1)
+        done = torch.zeros(N, dtype=torch.bool, device=device)  # (N,) has produced <END>
+        for t in range(max_length):
+            scores = self.forward(features, partial)  # (N, t + 1, V)
+            word = scores[:, -1].argmax(dim=-1)  # (N,), the next word after the last one
+            word = word.masked_fill(done, self._null)  # (N,)
+            captions[:, t] = word
+            done = done | (word == self._end)
+            partial = torch.cat([partial, word[:, None]], dim=1)  # (N, t + 2)
+        return captions
+        # END SOLUTION
+
+
+def _caption_init(module):
+    # Small weights (CS231n's captioning transformer, GPT-2): N(0, 0.02), zero biases.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -94,6 +94,12 @@ class Selection:
         return self._dropped("kit")
 
     @property
+    def kept_kit(self):
+        """Paths inside kit/ that the picked parts list (they ship even inside a dropped
+        package: captioning reads Fashion-MNIST with Question 4's reader)."""
+        return sorted({x for part in self.picked for x in part.kit})
+
+    @property
     def dropped_readme_blocks(self):
         return self._dropped("readme")
 
@@ -129,9 +135,10 @@ def select(assignment, registry):
 def shipped_files(root, selection):
     """Every file the release ships, as sorted relative POSIX paths: the listed files that
     exist and every file inside the listed folders (caches, hidden files and the kit paths of
-    parts not picked left out)."""
+    parts not picked left out, unless a picked part lists them too)."""
     root = Path(root)
     dropped = [Path(p) for p in selection.dropped_kit]
+    kept = [Path(p) for p in selection.kept_kit]
     names = set()
     for entry in selection.entries:
         path = root / entry
@@ -141,7 +148,9 @@ def shipped_files(root, selection):
             for f in path.rglob("*"):
                 rel = f.relative_to(root)
                 hidden = any(p.startswith(".") or p == "__pycache__" for p in rel.parts)
-                other = any(rel == d or d in rel.parents for d in dropped)
+                other = any(rel == d or d in rel.parents for d in dropped) and not any(
+                    rel == k or k in rel.parents for k in kept
+                )
                 if f.is_file() and not hidden and not other and f.suffix != ".pyc":
                     names.add(rel.as_posix())
     return sorted(names)

@@ -27,13 +27,17 @@ import yaml
 from kit.errors import UserError
 from kit.runs import BEST_FILE, CONFIG_FILE, LOG_FILE
 
-SUMMARY_FILE = "summary.json"  # Question 4's end-of-run summary
+SUMMARY_FILE = "summary.json"  # Question 4's and 5's end-of-run summary
 KIND_NAMES = {
     "flower": "a flower run (Question 2)",
     "pixmo": "a PixMo run (Question 3)",
     "scratch": "a Question 4 run (training from scratch)",
+    "caption": "a captioning run (Question 5)",
 }
-NOT_IN_KIT = {"scratch": "Question 4 (training from scratch) is not in this kit"}
+NOT_IN_KIT = {
+    "scratch": "Question 4 (training from scratch) is not in this kit",
+    "caption": "Question 5 (captioning) is not in this kit",
+}
 
 
 def demo_script(kind):
@@ -41,7 +45,8 @@ def demo_script(kind):
     return f"demo_{kind}.py"
 
 
-# The test predictions each kind of run writes (one class per line, in test-set order).
+# The test predictions each kind of run writes (one class per line, in test-set order). A
+# captioning run's test_captions.txt holds words, not classes: no grader reads it as these.
 PREDICTIONS = {
     "flower": "test_flower.txt",
     "pixmo": "test_pixmo.txt",
@@ -60,7 +65,7 @@ class Run:
     path: Path
     name: str
     config: dict
-    kind: str  # flower | pixmo | scratch
+    kind: str  # flower | pixmo | scratch | caption
 
     @property
     def log_text(self) -> str:
@@ -69,7 +74,7 @@ class Run:
 
     @property
     def summary(self) -> dict | None:
-        """Question 4's summary.json (None when absent or unreadable)."""
+        """Question 4's or 5's summary.json (None when absent or unreadable)."""
         try:
             data = json.loads((self.path / SUMMARY_FILE).read_text())
         except (OSError, ValueError):
@@ -107,6 +112,8 @@ def run_kind(config: dict) -> str | None:
         return "flower"
     if "tokens_side" in config:
         return "pixmo"
+    if "dataset" in config and "wordvec_dim" in config:
+        return "caption"
     if "dataset" in config and "patch_size" in config:
         return "scratch"
     return None
@@ -154,6 +161,17 @@ def scratch_recipe():
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("kit.scratch"):
             raise UserError(NOT_IN_KIT["scratch"]) from None
+        raise
+    return recipe
+
+
+def caption_recipe():
+    """Question 5's recipe, imported only when a captioning run is asked for."""
+    try:
+        from kit.caption import recipe
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("kit.caption"):
+            raise UserError(NOT_IN_KIT["caption"]) from None
         raise
     return recipe
 

@@ -14,7 +14,8 @@ nothing about images: a *batch source* is any object with
     source.state_dict() / load_state_dict(state)   # what decides future batches (the seed)
 
 and the model is called as ``model(input_1, ..., input_k)`` -> logits (B, C). Labels are
-int64 (B,); a label of -1 is ignored (unknown). ``kit.device_batches.ImageBatchSource`` is
+int64 (B,); a label of -1 is ignored (unknown) by the loss and the accuracies. (A captioner
+returns its scores flattened to (N * T, V), with the labels (N * T,) and -1 at padding.) ``kit.device_batches.ImageBatchSource`` is
 the ready-made implementation (uint8 images on the device, crop/flip/normalise per batch,
 optional points moved with the crop); under DDP each rank's source yields its own shard.
 
@@ -418,9 +419,10 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.global_step += 1
-            n = labels.shape[0]
+            known = labels >= 0  # a label of -1 (e.g. caption padding) counts nowhere
+            n = known.sum()
             totals[0] += loss.detach().double() * n
-            totals[1] += (logits.detach().argmax(1) == labels).sum()
+            totals[1] += ((logits.detach().argmax(1) == labels) & known).sum()
             totals[2] += n
             bar.update(1)
             if self.ctx.is_main and (step + 1) % self.config.log_every == 0:

@@ -130,6 +130,7 @@ COMMAND_LINES = {
     "test_flower_demo": ("demo_flower.py", ["--exp_name", "vit_deeep", "--output_dir", "run"]),
     "test_pixmo_demo": ("demo_pixmo.py", ["--exp_name", "pixmo_nope"]),
     "test_scratch_demo": ("demo_scratch.py", ["--exp_name", "nope", "--output_dir", "run"]),
+    "test_caption_demo": ("demo_caption.py", ["--exp_name", "nope", "--output_dir", "run"]),
 }
 COMMAND_LINE_TEST = "test_the_command_line_"
 COMMAND_LINE_ENV = dict(

@@ -58,8 +58,12 @@ def test_the_release_holds_its_own_parts_only(course):
     assert top == expected, (name, sorted(top ^ expected))
     others = {f for p in PARTS.parts.values() if p not in selection.picked for f in p.files}
     assert not (others - set(selection.entries)) & top
+    kept = [Path(k) for k in selection.kept_kit]
     for path in selection.dropped_kit:
-        assert not (out / path).exists(), path
+        # only files a picked part lists too (captioning's Fashion-MNIST reader) remain
+        found = (out / path).rglob("*") if (out / path).is_dir() else [out / path]
+        for left in (f.relative_to(out) for f in found if f.is_file()):
+            assert any(left == k or k in left.parents for k in kept), left
     for part in selection.picked:
         for path in part.kit:
             assert (out / path).exists(), path
@@ -218,3 +222,31 @@ def test_reference_upload_gets_full_marks_and_stubs_zero(course, tmp_path):
     assert graded and all(t["score"] == 0 for t in graded), zero
     assert all("not implemented yet" in t["output"] for t in graded), zero
     assert exercises
+
+
+def test_a_course_without_captioning_ships_none_of_question_5(course):
+    name, assignment, selection, out = course
+    if "caption" in assignment.parts:
+        pytest.skip(f"{name} picks captioning")
+    for path in ("demo_caption.py", "caption.sbatch", "kit/caption", "kit/report/captions.py"):
+        assert not (out / path).exists(), path
+    assert "caption" not in yaml.safe_load((out / "config.yml").read_text())
+    assert "Question 5" not in (out / "README.md").read_text()
+    assert "captions" not in (out / "report.py").read_text()
+
+
+def test_captioning_alone_ships_what_its_demo_imports(tmp_path):
+    """A course may pick captioning without Question 4: the Fashion-MNIST reader and the shape
+    drawings it borrows from kit/scratch come along, and nothing else of Question 4."""
+    text = (ROOT / "instructor" / "assignments" / "xcs231n_a3.yml").read_text()
+    alone = text.replace("parts: [exercises, caption, scratch]", "parts: [exercises, caption]")
+    alone = re.sub(r"presets:\n  scratch: [^\n]*\n", "", alone)
+    assert alone != text
+    (tmp_path / "alone.yml").write_text(alone)
+    out = tmp_path / "student"
+    build_release(out, assignment_path=tmp_path / "alone.yml")
+    assert not (out / "kit" / "scratch" / "recipe.py").exists()
+    assert not (out / "demo_scratch.py").exists()
+    check = "import demo_caption, report, kit.caption.recipe, kit.caption.synthetic_coco"
+    proc = subprocess.run([sys.executable, "-c", check], cwd=out, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

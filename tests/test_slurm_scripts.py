@@ -132,7 +132,7 @@ def test_readme_commands_agree_with_the_scripts():
         cmd = parse_sbatch(sbatch[0])
         name = cmd["script"].removesuffix(".sbatch")
         seen.add(name)
-        assert cmd["script"] in ("flower.sbatch", "pixmo.sbatch", "scratch.sbatch"), cmd["script"]
+        assert cmd["script"] in (f"{n}.sbatch" for n in SCRIPTS), cmd["script"]
         assert cmd["export_all"], "--export must start with ALL (keep PATH, the venv, ...)"
         assert set(cmd["vars"]) == {"OUTPUT_DIR", "EXP_NAME"}, cmd["vars"]
         out_dir = cmd["vars"]["OUTPUT_DIR"]
@@ -143,7 +143,7 @@ def test_readme_commands_agree_with_the_scripts():
         assert cmd["vars"]["EXP_NAME"] in section, (
             f"README runs preset {cmd['vars']['EXP_NAME']!r}, not in config.yml section {name}"
         )
-    assert seen == {"flower", "pixmo", "scratch"}
+    assert seen == set(SCRIPTS)
     # Every variable the README tells students to pass is one the scripts read.
     table = set(re.findall(r"^\| `(\w+)(?:=1)?` \|", readme_cluster_section(), re.M))
     assert table and table <= documented, f"README variables {table - documented} unknown"

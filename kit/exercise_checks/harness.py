@@ -8,7 +8,8 @@
   input shapes, expected and actual shape and dtype, the largest errors, the known mistake
   the output reproduces or else what is off (``diagnosis``), or the line of
   transformer_utils.py that raised and the probable cause (``crashes``).
-- ``summary_line``: "graded exercises passed n/2, practice passed m/9", printed at exit.
+- ``summary_line``: "public checks: graded exercises passed n/2, practice passed m/9",
+  printed at exit ("public": the grader checks the graded exercises again on hidden cases).
 """
 
 import atexit
@@ -212,7 +213,8 @@ def exercise_roles():
 
 
 def summary_line(outcomes=None):
-    """'graded exercises passed n/2, practice passed m/9' (+ how many did not run)."""
+    """'public checks: graded exercises passed n/2, practice passed m/9' (+ how many did not
+    run). "Public" because these are the student's cases; the grader runs hidden ones."""
     outcomes = OUTCOMES if outcomes is None else outcomes
     roles = exercise_roles()
     parts, not_run = [], 0
@@ -221,7 +223,7 @@ def summary_line(outcomes=None):
         passed = sum(1 for i in ids if outcomes.get(i) is True)
         not_run += sum(1 for i in ids if i not in outcomes)
         parts.append(f"{label} passed {passed}/{len(ids)}")
-    line = ", ".join(parts)
+    line = "public checks: " + ", ".join(parts)
     return line + (f" ({not_run} not run)" if not_run else "")
 
 

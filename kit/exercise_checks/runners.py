@@ -10,10 +10,12 @@ import torch.nn as nn
 
 from kit.exercise_checks.stand_ins import (
     AddTable,
+    TorchDecoderLayer,
     TorchEncoderLayer,
     TorchLayerNorm,
     TorchMultiHeadAttention,
     TorchPatchEmbedding,
+    TorchSinusoidalEncoding1D,
 )
 
 
@@ -153,6 +155,20 @@ def run_window_attention(tu, case):
         }
 
 
+def run_captioning(tu, case):
+    model = tu.CaptioningTransformer(case["word_to_idx"], **case["config"])
+    model = _load(model, case["state_dict"])
+    # torch's own layers replace the other exercises' modules (same weights), so only this
+    # exercise's wiring is tested: embedding, positions, memory, mask, norm, output, sampling.
+    model.positional_encoding = TorchSinusoidalEncoding1D()
+    model.layers = nn.ModuleList(TorchDecoderLayer(layer) for layer in model.layers)
+    model.norm = TorchLayerNorm(model.norm)
+    with torch.no_grad():
+        scores = model(case["features"], case["captions"])  # (N, T, V)
+        sample = model.sample(case["features"], case["max_length"])  # (N, L) int64
+    return {"scores": scores, "sample": sample}
+
+
 RUNNERS = {
     "self_attention": run_self_attention,
     "layer_norm": run_layer_norm,
@@ -166,4 +182,5 @@ RUNNERS = {
     "attention_rollout": run_attention_rollout,
     "vision_transformer": run_vision_transformer,
     "window_attention": run_window_attention,
+    "captioning": run_captioning,
 }

@@ -127,3 +127,58 @@ class TorchEncoderLayer(nn.Module):
             h, h, h, attn_mask=blocked, need_weights=True, average_attn_weights=False
         )
         return out, attn
+
+
+class TorchDecoderLayer(nn.Module):
+    """Same weights and call as TransformerDecoderLayer, computed by
+    nn.TransformerDecoderLayer (pre-LN: norm_first, GELU)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        E, H = layer.self_attn.embed_dim, layer.self_attn.num_heads
+        fc1, fc2 = layer.mlp[0], layer.mlp[3]
+        torch_layer = nn.TransformerDecoderLayer(
+            E, H, fc1.out_features, dropout=0.0, activation="gelu",
+            layer_norm_eps=layer.norm1.eps, batch_first=True, norm_first=True,
+        )  # fmt: skip
+        weights = {"linear1.weight": fc1.weight, "linear1.bias": fc1.bias,
+                   "linear2.weight": fc2.weight, "linear2.bias": fc2.bias}  # fmt: skip
+        for name, attn in (("self_attn", layer.self_attn), ("multihead_attn", layer.cross_attn)):
+            weights[f"{name}.in_proj_weight"] = torch.cat(
+                [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+            )
+            weights[f"{name}.in_proj_bias"] = torch.cat(
+                [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+            )
+            weights[f"{name}.out_proj.weight"] = attn.out_proj.weight
+            weights[f"{name}.out_proj.bias"] = attn.out_proj.bias
+        for i in (1, 2, 3):
+            norm = getattr(layer, f"norm{i}")
+            weights[f"norm{i}.weight"], weights[f"norm{i}.bias"] = norm.w, norm.b
+        torch_layer.load_state_dict(weights)
+        self.layer = torch_layer.eval()
+
+    def forward(self, x, memory, self_attn_mask=None, memory_mask=None):
+        def blocked(mask):  # torch's convention: True = blocked, one mask per head
+            if mask is None:
+                return None
+            if mask.dim() == 3:
+                mask = mask.repeat_interleave(self.layer.self_attn.num_heads, dim=0)
+            return ~mask
+
+        return self.layer(
+            x, memory, tgt_mask=blocked(self_attn_mask), memory_mask=blocked(memory_mask)
+        )
+
+
+class TorchSinusoidalEncoding1D(nn.Module):
+    """Adds the 1D sinusoidal table of the original transformer (exercise 1.4's
+    SinusoidalPositionalEncoding1D), computed here, to tokens (B, N, C)."""
+
+    def forward(self, x):
+        N, C = x.shape[1], x.shape[2]
+        position = torch.arange(N, dtype=torch.float64)[:, None]  # (N, 1)
+        inv_freq = 10000.0 ** (-torch.arange(0, C, 2, dtype=torch.float64) / C)  # (C/2,)
+        angles = position * inv_freq  # (N, C/2)
+        table = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(N, C)  # sin, cos, ...
+        return x + table.to(x)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 KIT = Path(__file__).resolve().parents[2]
-SCRIPTS = {name: KIT / f"{name}.sbatch" for name in ("flower", "pixmo", "scratch")}
+SCRIPTS = {name: KIT / f"{name}.sbatch" for name in ("flower", "pixmo", "scratch", "caption")}
 SITE_FILE = KIT / "cluster_site.sh"
 # What a run of the kit needs; tests, data, runs and the grader stay behind.
 SKIP = {".git", "tests", "runs", "synthetic-data", "autograder", "instructor", "benchmarks"}

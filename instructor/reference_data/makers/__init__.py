@@ -12,6 +12,7 @@ from .attention import (
     make_multi_head_attention,
     make_self_attention,
 )
+from .captioning import make_captioning
 from .convolution import make_conv2d
 from .embeddings import make_patch_embedding, make_positional_encoding
 from .layer_norm import make_layer_norm
@@ -32,4 +33,5 @@ MAKERS = {
     "attention_rollout": make_attention_rollout,
     "vision_transformer": make_vision_transformer,
     "window_attention": make_window_attention,
+    "captioning": make_captioning,
 }
