@@ -219,6 +219,25 @@ def _mount(libc, source, target, fstype, flags, data=None):
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
+def _mounts_under(top):
+    """The outermost mount points strictly below ``top``, from /proc/self/mountinfo."""
+    points = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            # field 5 is the mount point, with space, tab, newline, backslash octal-escaped
+            point = line.split()[4]
+            for code in ("\\040", "\\011", "\\012", "\\134"):
+                point = point.replace(code, chr(int(code[1:], 8)))
+            if point.startswith(top + "/"):
+                points.append(point)
+    points.sort()
+    outer = []
+    for point in points:
+        if not any(point.startswith(o + "/") or point == o for o in outer):
+            outer.append(point)
+    return outer
+
+
 def private_view(out_dir):
     """A mount namespace for this exercise process and what it starts: a fresh /tmp and
     /dev/shm, the supervisor's records covered, and of the outputs folder only this
@@ -228,7 +247,20 @@ def private_view(out_dir):
     if libc.unshare(CLONE_NEWNS) != 0:
         raise OSError("unshare(CLONE_NEWNS) failed")
     _mount(libc, None, "/", None, ("rec", "private"))
+    # A Python installation under /tmp (a venv in /tmp is common) is bound inside the sandbox's
+    # /tmp; the fresh /tmp would hide it, and every module torch imports lazily later (e.g.
+    # torch.nested._internal in a forked worker) would be missing. Keep those binds.
+    kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in _mounts_under("/tmp")]
     _mount(libc, "tmpfs", "/tmp", "tmpfs", ("nosuid", "nodev"), "mode=1777,size=64m")
+    for path, fd in kept:
+        os.makedirs(path, exist_ok=True)
+        _mount(libc, f"/proc/self/fd/{fd}", path, None, ("bind", "rec"))
+        os.close(fd)
+        if not os.statvfs(path).f_flag & os.ST_RDONLY:  # a bind keeps the outer bind's flags
+            try:
+                _mount(libc, None, path, None, ("remount", "bind", "rdonly"))
+            except OSError:
+                pass  # as outside: the probe found the installation unwritable all the same
     _mount(libc, "tmpfs", "/dev/shm", "tmpfs", ("nosuid", "nodev"), "mode=1777,size=16m")
     cover = ("rdonly", "nosuid", "nodev", "noexec")
     _mount(libc, "agcover", JOB["rec"], "tmpfs", cover, "mode=000,size=4k")

@@ -159,3 +159,53 @@ def test_rules_hold_in_threads_processes_and_at_import(tmp_path):
     assert "cannot start other programs (seccomp) [active]" in res["output"]
     assert "mount namespace of its own" in res["output"]
     assert res["score"] == 1 + 8  # the control exercise and both prediction files
+
+
+LAZY_IMPORT = """
+
+# ---- SelfAttention: a module imported only while the exercise runs ----
+_original_forward = SelfAttention.forward
+
+
+def _lazy_forward(self, x):
+    import lazy_probe  # lives in the venv's site-packages, under /tmp
+
+    return _original_forward(self, x) * lazy_probe.ONE
+
+
+SelfAttention.forward = _lazy_forward
+"""
+
+
+def test_a_python_installation_under_tmp_stays_visible_to_each_exercise(tmp_path):
+    """Each exercise gets a fresh /tmp; a venv under /tmp (pytest's tmp_path is there) must
+    still be whole in it, so a module first imported while the exercise runs is found."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert site.startswith("/tmp/"), site
+    # torch and the rest come from this interpreter's packages; the probe lives under /tmp
+    (Path(site) / "kit_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (Path(site) / "lazy_probe.py").write_text("ONE = 1.0\n")
+    spec = yaml.safe_load((ROOT / "instructor" / "assignments" / "cs444_mp3.yml").read_text())
+    spec.update(student_exercises=["self_attention"], practice_exercises="rest",
+                points={"self_attention": 1}, predictions=[], required_files=[])  # fmt: skip
+    (tmp_path / "assignment.yml").write_text(yaml.safe_dump(spec))
+    sub, results = tmp_path / "sub", tmp_path / "results.json"
+    sub.mkdir()
+    source = (ROOT / "transformer_utils.py").read_text() + LAZY_IMPORT
+    (sub / "transformer_utils.py").write_text(source)
+    command = [python, "-m", "autograder", "grade", str(sub), "--results", str(results),
+               "--assignment", str(tmp_path / "assignment.yml")]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    tests = json.loads(results.read_text())["tests"]
+    assert [t["score"] for t in tests] == [1], (proc.stdout[-2000:], tests)
+    assert "mount namespace of its own" in json.loads(results.read_text())["output"]
