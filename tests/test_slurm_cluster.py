@@ -48,10 +48,12 @@ TEST_FILES = {
     "pixmo": "test_pixmo.txt",
     "scratch": "test_predictions.txt",
 }
+# The synthetic test set each demo generates; a preset smaller than the real data set writes
+# to a folder named with its sizes (e.g. pixmo_data-60-20-20-...), hence the patterns.
 SYNTHETIC = {
-    "flower": "flower-dataset-reduced/test_data.pkl",
-    "pixmo": "pixmo_data/test_data.pkl",
-    "scratch": "cifar-10-batches-py/test_batch",
+    "flower": "flower-dataset-reduced*/test_data.pkl",
+    "pixmo": "pixmo_data*/test_data.pkl",
+    "scratch": "cifar-10-batches-py*/test_batch",
 }
 WAIT = 900  # seconds; generous for a busy 2-core CI machine
 # Job 4: a 1-minute limit with the warning 10 s before it (the script's own timer; Slurm's
@@ -175,7 +177,9 @@ def check_run_dir(run: Path, job: str, demo: str) -> list[str]:
 def n_test_images(kit: Path, demo: str) -> int:
     """Size of the synthetic test set the demo generated (flowers: (X, y); PixMo: a list;
     CIFAR-10: the official pickle, a dict with b"labels")."""
-    with open(kit / "synthetic-data" / SYNTHETIC[demo], "rb") as f:
+    found = sorted((kit / "synthetic-data").glob(SYNTHETIC[demo]))
+    assert len(found) == 1, f"expected one synthetic {demo} test set, found {found}"
+    with open(found[0], "rb") as f:
         data = pickle.load(f, encoding="bytes")
     if demo == "scratch":
         return len(data[b"labels"])
