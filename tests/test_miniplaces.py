@@ -40,7 +40,7 @@ def test_reads_train_and_val_as_the_test_split(tmp_path):
     assert images.shape == (3, 3, 128, 128) and labels.tolist() == made["val"]
     assert IMAGE_SHAPE["miniplaces"] == (3, 128)
     with Image.open(tmp_path / "images" / "val/00000002.jpg") as file:
-        expected = torch.from_numpy(np.asarray(file.convert("RGB"))).permute(2, 0, 1)
+        expected = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(images[2], expected)
 
 
