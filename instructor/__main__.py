@@ -45,10 +45,14 @@ def main(argv=None):
 
             print("README.md and course.yml updated" if update_readme() else "up to date")
         elif args.command == "release":
-            from .release import build_release
+            from autograder.assignment import load_assignment
+
+            from .release import build_release, placeholder_warnings
 
             files = build_release(args.out_dir, assignment_path=args.assignment, force=args.force)
             print(f"wrote {len(files)} files to {args.out_dir}")
+            for line in placeholder_warnings(load_assignment(args.assignment)):
+                print(line, file=sys.stderr)
         else:
             from .gradescope import build_zip
 

@@ -42,8 +42,16 @@ CONFIG_DATA_SOURCES = re.compile(r"^(#[^\n]*\n)*data_sources:\n([ \t]+[^\n]*\n)*
 FIXED_MTIME = 315532800  # 1980-01-01, the earliest time a zip file can hold
 ROLES_FILE = "test_data/roles.yml"
 COURSE_FILE = "course.yml"
+# What the shipped assignment files hold where the course's real download link belongs.
+PLACEHOLDER_SOURCE = "the link on your course page"
 
-__all__ = ["ReleaseError", "build_release", "find_regions", "upload_list"]
+__all__ = [
+    "ReleaseError",
+    "build_release",
+    "find_regions",
+    "placeholder_warnings",
+    "upload_list",
+]
 
 
 def upload_list(assignment, selection, declarations, root=KIT_ROOT):
@@ -76,6 +84,17 @@ def upload_list(assignment, selection, declarations, root=KIT_ROOT):
     for req in assignment.required_files:
         items.append((req.file, req.description or f"required ({req.number})"))
     return items
+
+
+def placeholder_warnings(assignment):
+    """One line per data source of ``assignment`` still set to the shipped placeholder: the
+    release works, but its students would read "the link on your course page" and find none."""
+    return [
+        f"warning: data_sources.{name} in {assignment.path} is still the placeholder "
+        f"{value!r}; put the real link or path there before you hand the release out"
+        for name, value in assignment.data_sources.items()
+        if PLACEHOLDER_SOURCE in value
+    ]
 
 
 def render_config(config_text, assignment):

@@ -4,6 +4,7 @@ One release is built per module and inspected by most tests. The slow tier also 
 released tree's tests and demos in subprocesses; the fast tier runs its stubs in-process.
 """
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -27,6 +28,7 @@ from instructor.release import (
     course,
     instructor_course,
     instructor_readme,
+    placeholder_warnings,
     render_config,
     upload_list,
 )
@@ -399,6 +401,24 @@ def test_data_sources_set_in_the_assignment_reach_the_students_readme_and_config
         render_config((ROOT / "config.yml").read_text(), custom_assignment)
     )
     assert read_data_sources(tmp_path / "config.yml")["flowers"] == URL
+
+
+def test_a_data_source_left_at_the_placeholder_is_a_warning_for_the_instructor(tmp_path):
+    """The default course still has the placeholder for both data sets: the release command
+    says so (on stderr, after writing the release); set one and only the other is named."""
+    default = placeholder_warnings(load_assignment("cs444_mp3"))
+    assert [w.split()[1] for w in default] == ["data_sources.flowers", "data_sources.pixmo"]
+    assert all("cs444_mp3.yml is still the placeholder" in w for w in default), default
+    custom = placeholder_warnings(load_assignment(_custom_assignment(tmp_path)))
+    assert [w.split()[1] for w in custom] == ["data_sources.pixmo"], custom
+    assert placeholder_warnings(load_assignment("cs771_hw2")) == []  # real sources only
+    from instructor.__main__ import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert main(["release", str(tmp_path / "student")]) == 0
+    assert stderr.getvalue().splitlines() == default
+    assert (tmp_path / "student" / "README.md").is_file()
 
 
 @pytest.mark.slow
