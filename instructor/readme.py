@@ -9,12 +9,19 @@ do with each piece:
 - ``generated``: what to upload and where the real data comes from (from the assignment);
 - ``generated exercises``: which exercises are graded and how to test them;
 - a part's blocks (``flower``, ``scratch``, ...): removed when the course does not pick it;
-- ``instructor`` and ``instructor-only``: removed from every student README.
+- ``instructor`` and ``instructor-only``: removed from every student README;
+- ``presets: PATTERN ...``: kept when the course ships a preset that matches one of the
+  (fnmatch) patterns, removed otherwise: prose about presets another course picked.
 
+A course that keeps only some presets of a config section (``presets:`` in its assignment)
+gets no line naming one it does not ship: a table row or a command (with its backslash
+continuation lines) that names one is dropped, a code block or table left empty goes too, and
+a prose line that names one outside a ``presets`` block stops the release (mark the paragraph).
 Then every remaining marker line goes. ``render_readme`` keeps the instructor's copy's
 generated blocks up to date for the default course (tests/test_release.py checks it).
 """
 
+import fnmatch
 import re
 import textwrap
 
@@ -25,6 +32,9 @@ README_BLOCK = re.compile(
 )
 README_MARKER_LINE = re.compile(r"^<!-- (BEGIN|END) [^>]*-->\n", re.MULTILINE)
 WIDTH = 92  # README.md's line length
+PRESETS_BLOCK = re.compile(r"<!-- BEGIN presets: ([^>]*?) -->\n.*?<!-- END presets: \1 -->\n", re.S)
+WORD = re.compile(r"[A-Za-z0-9_]+")
+TABLE_RULE = re.compile(r"^\|( *:?-+:? *\|)+ *$")
 
 
 def block(name):
@@ -158,9 +168,74 @@ def render_readme(readme, upload, data_sources, declarations, roles, quick_part)
     return readme
 
 
-def student_readme(readme, assignment, selection, upload, declarations, roles):
+def _drop_empty_tables(lines):
+    """``lines`` without tables that kept their header and rule but lost every row."""
+    out = []
+    for line in lines:
+        out.append(line)
+        if len(out) >= 3 and not line.startswith("|"):
+            header, rule = out[-3], out[-2]
+            if header.startswith("|") and TABLE_RULE.match(rule.rstrip("\n")):
+                if len(out) < 4 or not out[-4].startswith("|"):
+                    del out[-3:-1]
+    return out
+
+
+def drop_unshipped_presets(readme, shipped, known):
+    """``readme`` without what names a preset of ``known`` (every preset of the kit's
+    config.yml) that is not in ``shipped`` (the course's config.yml): see the module docstring.
+    """
+    shipped = set(shipped)
+
+    def keep_block(match):
+        patterns = match.group(1).split()
+        found = any(fnmatch.fnmatchcase(p, pattern) for p in shipped for pattern in patterns)
+        return match.group(0) if found else ""
+
+    readme = PRESETS_BLOCK.sub(keep_block, readme)
+    unshipped = set(known) - shipped
+
+    def names(lines):
+        return sorted(unshipped.intersection(w for line in lines for w in WORD.findall(line)))
+
+    out, command, fence, kept = [], [], None, 0
+    for line in readme.splitlines(keepends=True):
+        if line.startswith("```"):
+            if fence is None:
+                fence, kept = len(out), 0
+                out.append(line)
+            else:
+                if kept == 0:  # every command of the block named an unshipped preset
+                    del out[fence:]
+                else:
+                    out.append(line)
+                fence = None
+        elif fence is not None:
+            command.append(line)
+            if line.rstrip("\n").endswith("\\"):
+                continue  # the command goes on
+            if not names(command):
+                out += command
+                kept += any(c.strip() for c in command)
+            command = []
+        elif line.startswith("|"):
+            if not names([line]):
+                out.append(line)
+        elif names([line]) and not README_MARKER_LINE.match(line):  # markers go later
+            raise ReleaseError(
+                f"README.md: the line {line.strip()[:70]!r} names preset(s) "
+                f"{', '.join(names([line]))} that this course does not ship; put its "
+                "paragraph in a '<!-- BEGIN presets: NAME ... -->' block"
+            )
+        else:
+            out.append(line)
+    return "".join(_drop_empty_tables(out))
+
+
+def student_readme(readme, assignment, selection, upload, declarations, roles, presets=None):
     """The student's README.md for ``assignment``: the course's questions, generated blocks
-    filled in, other courses' parts, instructor text and every marker gone."""
+    filled in, other courses' parts, instructor text and every marker gone. ``presets``:
+    ``(shipped, known)`` preset names, when the course ships only some of them."""
     quick = next((p for p in selection.picked if p.quick_start), None)
     text = render_readme(readme, upload, assignment.data_sources, declarations, roles, quick)
     if assignment.intro:
@@ -168,4 +243,6 @@ def student_readme(readme, assignment, selection, upload, declarations, roles):
         text = re.sub(r"\A# [^\n]*\n", lambda _: f"# {assignment.name}\n", text, count=1)
     text = drop_blocks(text, selection.dropped_readme_blocks)
     text = strip_instructor_text(text)
+    if presets is not None:
+        text = drop_unshipped_presets(text, *presets)
     return re.sub(r"\n{3,}", "\n\n", README_MARKER_LINE.sub("", text))

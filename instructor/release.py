@@ -97,6 +97,17 @@ def placeholder_warnings(assignment):
     ]
 
 
+def preset_names(config_text):
+    """Every preset name of a config.yml's sections (``data_sources`` holds none)."""
+    config = yaml.safe_load(config_text) or {}
+    return {
+        name
+        for section, presets in config.items()
+        if section != "data_sources" and isinstance(presets, dict)
+        for name in presets
+    }
+
+
 def render_config(config_text, assignment):
     """config.yml with ``data_sources:`` written from the assignment (comment lines above
     the section replaced too: in the instructor's copy they address the instructor)."""
@@ -222,6 +233,9 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
         )
     student = set(assignment.stubbed_exercises(declarations))
     upload = upload_list(assignment, selection, declarations, root)
+    full_config = (root / "config.yml").read_text("utf-8")
+    config = filter_config(full_config, selection, assignment.presets)
+    presets = (preset_names(config), preset_names(full_config))
     files = {}  # relative path -> bytes
     found_ids = set()
     for name in shipped_files(root, selection):
@@ -232,11 +246,12 @@ def build_release(out_dir, root=KIT_ROOT, assignment_path=None, force=False):
             found_ids |= ids
             data = strip_internal_markers(text).encode("utf-8")
         elif name == "README.md":
-            text = student_readme(data.decode(), assignment, selection, upload, declarations, roles)
+            text = student_readme(
+                data.decode(), assignment, selection, upload, declarations, roles, presets
+            )
             data = text.encode("utf-8")
         elif name == "config.yml":
-            text = filter_config(data.decode("utf-8"), selection, assignment.presets)
-            data = strip_internal_markers(render_config(text, assignment)).encode("utf-8")
+            data = strip_internal_markers(render_config(config, assignment)).encode("utf-8")
         files[name] = data
     missing = student - found_ids
     if missing:

@@ -132,6 +132,33 @@ def test_no_shipped_file_names_a_file_the_release_lacks(course):
     assert not hits, "\n".join(hits[:20])
 
 
+def _preset_names(config_path):
+    config = yaml.safe_load(config_path.read_text())
+    return {p for s, presets in config.items() if s != "data_sources" for p in presets}
+
+
+def test_readme_names_only_the_presets_the_course_ships(course):
+    """No command, table row or paragraph of the student README names a preset that the
+    course's config.yml lacks (the student would run it and get 'unknown preset')."""
+    name, assignment, selection, out = course
+    text = (out / "README.md").read_text()
+    unshipped = _preset_names(ROOT / "config.yml") - _preset_names(out / "config.yml")
+    named = sorted(unshipped.intersection(re.findall(r"[A-Za-z0-9_]+", text)))
+    assert not named, f"{name}'s README names presets it does not ship: {named}"
+    for command in re.findall(r"--exp_name (\w+)", text):
+        assert command in _preset_names(out / "config.yml"), (name, command)
+
+
+def test_readme_names_only_the_questions_of_the_course(course):
+    """A course without Question 2 never reads 'as in Question 2'."""
+    name, assignment, selection, out = course
+    text = (out / "README.md").read_text()
+    own = {q for part in selection.picked for q in re.findall(r"Question \d", part.title)}
+    named = set(re.findall(r"Question \d", text))
+    assert named <= own, f"{name}'s README names {sorted(named - own)}; it has {sorted(own)}"
+    assert "```bash\n```\n" not in text  # no code block emptied of its commands
+
+
 def test_roles_reach_the_students_tests(course):
     name, assignment, selection, out = course
     roles = yaml.safe_load((out / "test_data" / "roles.yml").read_text())["roles"]

@@ -22,7 +22,7 @@ from autograder.declarations import read_declarations
 from instructor import release as release_module
 from instructor.markers import ReleaseError, find_regions, strip_internal_markers, stub_source
 from instructor.parts import check_listing, load_parts, select, shipped_files
-from instructor.readme import strip_instructor_text, student_readme
+from instructor.readme import drop_unshipped_presets, strip_instructor_text, student_readme
 from instructor.release import (
     build_release,
     course,
@@ -401,6 +401,57 @@ def test_data_sources_set_in_the_assignment_reach_the_students_readme_and_config
         render_config((ROOT / "config.yml").read_text(), custom_assignment)
     )
     assert read_data_sources(tmp_path / "config.yml")["flowers"] == URL
+
+
+PRESET_README = """\
+Intro.
+
+<!-- BEGIN presets: cnn_* -->
+A paragraph about `cnn_small`.
+<!-- END presets: cnn_* -->
+<!-- BEGIN presets: vit_* -->
+A paragraph about `vit_big`.
+<!-- END presets: vit_* -->
+
+```bash
+python demo.py --exp_name cnn_small
+python report.py ablation runs/vit_big \\
+    --base runs/vit_big
+```
+
+```bash
+python demo.py --exp_name vit_big
+```
+
+| preset | what |
+| --- | --- |
+| `cnn_small` | kept |
+| `vit_big` | dropped |
+
+| preset | what |
+| --- | --- |
+| `vit_big` | dropped, and its table with it |
+
+The end.
+"""
+
+
+def test_a_course_readme_keeps_only_what_names_its_presets():
+    """Blocks kept by their patterns; a command (with its continuation line) and a table row
+    that name an unshipped preset are dropped; a code block or table left empty goes too."""
+    out = drop_unshipped_presets(PRESET_README, {"cnn_small"}, {"cnn_small", "vit_big"})
+    assert "A paragraph about `cnn_small`." in out and "vit_big" not in out, out
+    assert out.count("```bash") == 1 and "--exp_name cnn_small" in out
+    assert out.count("| preset | what |") == 1 and "| `cnn_small` | kept |" in out
+    assert out.rstrip().endswith("The end.")
+    everything = drop_unshipped_presets(PRESET_README, {"cnn_small", "vit_big"}, {"vit_big"})
+    assert everything == PRESET_README
+
+
+def test_a_paragraph_naming_an_unshipped_preset_outside_a_block_stops_the_release():
+    text = "Intro.\n\nTrain `vit_big` first.\n"
+    with pytest.raises(ReleaseError, match="names preset.s. vit_big that this course does not"):
+        drop_unshipped_presets(text, {"cnn_small"}, {"cnn_small", "vit_big"})
 
 
 def test_a_data_source_left_at_the_placeholder_is_a_warning_for_the_instructor(tmp_path):
