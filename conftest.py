@@ -1,4 +1,4 @@
-"""pytest runs the Question 1 tests in exercise order (1.1, 1.2, ..., 1.10, 1.11).
+"""pytest runs the Question 1 tests in exercise order: 1.1, 1.2, ..., 1.9, 1.10, 1.11, ...
 
 pytest, like unittest, lists a TestCase's methods alphabetically; test_functions.py orders
 them for unittest (its load_tests), and this hook does the same for pytest.
