@@ -82,15 +82,31 @@ def check_predictions(path: Path, num_classes: int, run) -> str:
     return f"{len(preds)} predictions, classes 0..{num_classes - 1}"
 
 
+# Run in a fresh Python by modules_of. A module is the kit folder's own when its file is where
+# its name puts it under the folder (``a/b.py`` or ``a/b/__init__.py`` for ``a.b``): a file
+# merely somewhere below it, as in the ``.venv`` that README's Quick start makes inside the
+# kit's folder, belongs to an installed package.
+_FIND_MODULES = """
+import json, os, sys
+import {demo}
+root = {root!r}
+
+
+def own(name, module):
+    path = getattr(module, "__file__", None) or ""
+    where = os.path.join(*name.split("."))
+    places = (where + ".py", os.path.join(where, "__init__.py"))
+    return bool(path) and os.path.relpath(path, root) in places
+
+
+print(json.dumps(sorted(n for n, m in list(sys.modules.items()) if own(n, m))))
+"""
+
+
 def modules_of(demo: str, root: Path = KIT_ROOT) -> list[str]:
     """The modules of the kit's folder that the demo script ``demo`` imports, found by
     importing it in a fresh Python."""
-    code = (
-        f"import json, sys; import {Path(demo).stem}; "
-        f"root = {str(root)!r}; "
-        "print(json.dumps(sorted(n for n, m in sys.modules.items() "
-        "if str(getattr(m, '__file__', '') or '').startswith(root))))"
-    )
+    code = _FIND_MODULES.format(demo=Path(demo).stem, root=str(root))
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
     )

@@ -101,6 +101,24 @@ def test_command_line_is_one_line_errors_and_exit_status(tmp_path):
     assert "does not exist" in proc.stderr
 
 
+def test_the_script_gathers_the_kit_folders_modules_not_a_venv_inside_it(tmp_path, monkeypatch):
+    """README's Quick start makes ``.venv`` inside the kit's folder: the packages installed
+    there are below the folder but are not the kit's (a newcomer's script_q2.py once tried to
+    read ``PIL.py`` from the kit's folder)."""
+    root = tmp_path / "kit"
+    site = root / ".venv" / "lib" / "python3" / "site-packages"
+    (site / "installed").mkdir(parents=True)
+    (site / "installed" / "__init__.py").write_text("VALUE = 1\n")
+    (site / "loose.py").write_text("VALUE = 2\n")
+    (root / "helpers").mkdir()
+    (root / "helpers" / "__init__.py").write_text("")
+    (root / "helpers" / "steps.py").write_text("import installed, loose\n")
+    (root / "demo_x.py").write_text("import helpers.steps\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    assert upload.modules_of("demo_x.py", root) == ["demo_x", "helpers", "helpers.steps"]
+    assert upload.source_of("helpers.steps", root) == ("import installed, loose\n", False)
+
+
 @pytest.mark.slow
 def test_the_training_script_trains_the_run_again(tmp_path):
     """A tiny flower run, its script_q2.py built by the real command, run from an empty
