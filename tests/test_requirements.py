@@ -161,9 +161,10 @@ def test_ci_runs_the_readme_test_command_in_fresh_venvs_of_both_files():
     assert direct or wrapped, f".ci/run must run README's test command {command!r} exactly"
     slow = f"{command} -m slow"  # and the slow tier
     assert slow in code or (wrapped and f"run_pytest{args} -m slow" in code), slow
-    assert "make_venv lock requirements-lock.txt" in code
-    assert "PIP_CONSTRAINT=/dev/null make_venv newest requirements-dev.txt" in code
-    assert re.search(r'-m venv "\$WORK/', ci) and "mktemp -d /tmp/" in ci  # a venv under /tmp
+    # the lock's venv under /tmp; the newest inside the kit's folder, where README's .venv is
+    assert 'make_venv "$WORK/lock" requirements-lock.txt' in code and "mktemp -d /tmp/" in ci
+    assert 'NEWEST="$REPO/.ci-venv"' in code
+    assert 'PIP_CONSTRAINT=/dev/null make_venv "$NEWEST" requirements-dev.txt' in code
     for demo in ("demo_flower.py flower_smoke", "demo_pixmo.py pixmo_smoke"):
         assert any(line.startswith(f"run_demo {demo} ") for line in code), demo
 
