@@ -21,7 +21,7 @@ from autograder.assignment import ASSIGNMENTS_DIR, load_assignment
 from autograder.declarations import read_declarations
 from instructor.markers import find_regions
 from instructor.parts import load_parts, select
-from instructor.release import build_release
+from instructor.release import build_release, preset_names
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSES = sorted(p.stem for p in ASSIGNMENTS_DIR.glob("*.yml"))
@@ -132,21 +132,17 @@ def test_no_shipped_file_names_a_file_the_release_lacks(course):
     assert not hits, "\n".join(hits[:20])
 
 
-def _preset_names(config_path):
-    config = yaml.safe_load(config_path.read_text())
-    return {p for s, presets in config.items() if s != "data_sources" for p in presets}
-
-
 def test_readme_names_only_the_presets_the_course_ships(course):
     """No command, table row or paragraph of the student README names a preset that the
     course's config.yml lacks (the student would run it and get 'unknown preset')."""
     name, assignment, selection, out = course
     text = (out / "README.md").read_text()
-    unshipped = _preset_names(ROOT / "config.yml") - _preset_names(out / "config.yml")
+    shipped = preset_names((out / "config.yml").read_text())
+    unshipped = preset_names((ROOT / "config.yml").read_text()) - shipped
     named = sorted(unshipped.intersection(re.findall(r"[A-Za-z0-9_]+", text)))
     assert not named, f"{name}'s README names presets it does not ship: {named}"
     for command in re.findall(r"--exp_name (\w+)", text):
-        assert command in _preset_names(out / "config.yml"), (name, command)
+        assert command in shipped, (name, command)
 
 
 def test_readme_names_only_the_questions_of_the_course(course):
