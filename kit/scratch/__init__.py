@@ -1,1 +1,2 @@
-"""Question 4: ViT, Diff-ViT, SimpleViT and CNN from scratch (recipe, readers, models, synthetic CIFAR-10)."""
+"""Question 4: ViT, Diff-ViT, SimpleViT and CNN from scratch (recipe, readers, models,
+synthetic CIFAR-10)."""
